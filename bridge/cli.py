@@ -18,9 +18,7 @@ log = logging.getLogger("sdbridge")
 
 # Order here is the order in --help.
 COMMAND_MODULES: tuple[str, ...] = (
-    "bridge.commands.demo",
     "bridge.commands.bench",
-    "bridge.commands.models",
 )
 
 
