@@ -1,0 +1,220 @@
+"""The built-in ``tiny`` model: random-weight diffusers components built in memory.
+
+Small enough to build in well under a second and to run 64×64 (even 512×512) frames on a CPU,
+yet shaped like the real thing: UNet with cross-attention, a 4-block AutoencoderKL (scale factor
+8, 4 latent channels), an optional AutoencoderTiny (TAESD layout, scale factor 8), a 2-layer CLIP
+text encoder and a real byte-level BPE CLIP tokenizer written from a vocabulary generated here.
+``family="sdxl"`` adds the second text encoder and the ``text_time`` UNet conditioning.
+
+Weights are deterministic from ``seed`` (the global torch RNG is left untouched).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from bridge.errors import ConfigError, ModelError, Problem
+from bridge.pipeline.components import Components
+
+log = logging.getLogger(__name__)
+
+MIN_TOKENIZER_SIZE = 100
+HIDDEN = 32  # text encoder width (= UNet cross-attention width per encoder)
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+# Words that become single tokens; everything else still tokenizes through the byte alphabet.
+WORDS: tuple[str, ...] = (
+    "a", "an", "the", "of", "in", "on", "with", "and", "by", "at", "photo", "picture", "painting",
+    "portrait", "drawing", "cat", "dog", "bird", "fish", "horse", "person", "man", "woman", "face",
+    "city", "street", "forest", "mountain", "sea", "ocean", "sky", "night", "day", "sun", "moon",
+    "neon", "cyberpunk", "watercolor", "oil", "sketch", "anime", "style", "colorful", "dark",
+    "bright", "red", "green", "blue", "yellow", "black", "white", "gold", "fire", "water", "light",
+    "glow", "abstract", "pattern", "high", "quality", "detailed", "blurry", "low", "ugly", "bad",
+    "art", "digital", "vivid", "render", "cinematic", "lighting", "beautiful", "landscape", "flowers",
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP reversible byte→printable-character table (every byte gets one character)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
+
+
+def _bpe(word: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Standard BPE: repeatedly merge the lowest-ranked adjacent pair."""
+    while len(word) > 1:
+        pairs = [(ranks.get((word[i], word[i + 1]), 1 << 30), i) for i in range(len(word) - 1)]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        pair = (word[i], word[i + 1])
+        merged: list[str] = []
+        j = 0
+        while j < len(word):
+            if j < len(word) - 1 and (word[j], word[j + 1]) == pair:
+                merged.append(word[j] + word[j + 1])
+                j += 2
+            else:
+                merged.append(word[j])
+                j += 1
+        word = merged
+    return word
+
+
+def tiny_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """CLIP-layout vocabulary: 256 byte chars, the same with ``</w>``, merges, then BOS/EOS.
+
+    Merges are added word by word after simulating BPE with the merges so far, so every word in
+    WORDS ends up as exactly one token whatever merges other words introduced.
+    """
+    alphabet = list(_bytes_to_unicode().values())
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in WORDS:
+        start = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = _bpe(start, ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            tokens.append(pair[0] + pair[1])
+            pieces = _bpe(start, ranks)  # a merge applies to every occurrence ("vivid")
+    tokens += [_BOS, _EOS]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    return vocab, merges
+
+
+def write_tokenizer_files(folder: Path) -> Path:
+    """Write vocab.json + merges.txt (the slow-tokenizer file pair CLIPTokenizer reads)."""
+    vocab, merges = tiny_vocabulary()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def check_tokenizer(tokenizer: object, field: str = "tokenizer") -> None:
+    """Offline transformers can hand back an empty tokenizer without complaint: refuse it."""
+    size = len(tokenizer)  # type: ignore[arg-type]
+    if size < MIN_TOKENIZER_SIZE:
+        raise ModelError(
+            f"{field} has only {size} tokens (need >= {MIN_TOKENIZER_SIZE}); its vocabulary files "
+            "are missing or were not found offline",
+            fix="re-download the model with `sdbridge models pull <id>` or rebuild the tiny model "
+                "with `sdbridge models build-tiny`")
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_dir() -> Path:
+    return write_tokenizer_files(Path(tempfile.mkdtemp(prefix="sdbridge-tiny-tok-")))
+
+
+def build_tokenizer() -> object:
+    from transformers import CLIPTokenizer
+
+    # Read back through from_pretrained: the same file path real checkpoints take.
+    tokenizer = CLIPTokenizer.from_pretrained(
+        str(_tokenizer_dir()), unk_token=_EOS, bos_token=_BOS, eos_token=_EOS, pad_token=_EOS,
+        model_max_length=77)
+    check_tokenizer(tokenizer)
+    return tokenizer
+
+
+def _text_config(vocab_size: int, eos_id: int, bos_id: int) -> object:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=HIDDEN,
+        hidden_act="gelu", layer_norm_eps=1e-5, bos_token_id=bos_id, eos_token_id=eos_id,
+        pad_token_id=eos_id)
+
+
+def _unet(family: str) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    common = dict(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=32)
+    if family == "sdxl":
+        # Pooled text embeds (HIDDEN) + 6 size/crop ids × addition_time_embed_dim.
+        return UNet2DConditionModel(
+            **common, cross_attention_dim=2 * HIDDEN, attention_head_dim=(2, 4),
+            use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, projection_class_embeddings_input_dim=HIDDEN + 6 * 8)
+    return UNet2DConditionModel(**common, cross_attention_dim=HIDDEN, attention_head_dim=8)
+
+
+def _vae() -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+        block_out_channels=(8, 16, 32, 32), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def _tiny_vae() -> torch.nn.Module:
+    from diffusers import AutoencoderTiny
+
+    return AutoencoderTiny(
+        in_channels=3, out_channels=3, latent_channels=4,
+        encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+
+
+def _scheduler() -> object:
+    from diffusers import LCMScheduler
+
+    # SD 1.5 / SDXL betas; the pipeline builds its own 50-step LCM schedule from them.
+    return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                        num_train_timesteps=1000, original_inference_steps=50,
+                        timestep_spacing="leading", set_alpha_to_one=True, clip_sample=False)
+
+
+def build_tiny_components(*, family: str = "sd", tiny_vae: bool = False, seed: int = 0,
+                          step_kind: str = "lcm") -> Components:
+    """Random-weight components, identical for identical arguments."""
+    problems = []
+    if family not in ("sd", "sdxl"):
+        problems.append(Problem("family", family, "unknown model family", "use sd or sdxl"))
+    if step_kind not in ("lcm", "turbo"):
+        problems.append(Problem("step_kind", step_kind, "unknown step kind", "use lcm or turbo"))
+    if problems:
+        raise ConfigError(problems, context="tiny model")
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tokenizer()
+    config = _text_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = _unet(family)
+        vae = _tiny_vae() if tiny_vae else _vae()
+        text_encoder = CLIPTextModel(config)
+        text_encoder_2 = CLIPTextModelWithProjection(config) if family == "sdxl" else None
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return Components(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=_scheduler(), family=family, step_kind=step_kind,  # type: ignore[arg-type]
+        text_encoder_2=text_encoder_2, tokenizer_2=build_tokenizer() if family == "sdxl" else None,
+        model_id="tiny" if family == "sd" else "tiny-sdxl",
+        identity={"model": "tiny", "family": family, "tiny_vae": tiny_vae, "seed": seed,
+                  "step_kind": step_kind})
