@@ -63,7 +63,9 @@ class VaeEncoderModule(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.vae.encode(images, return_dict=False)[0]
-        latents = out.mode() if hasattr(out, "mode") else out
+        # AutoencoderTiny returns a tensor (which also has a .mode() method: the statistical
+        # mode along a dim), AutoencoderKL a distribution: test the type, not the attribute.
+        latents = out if isinstance(out, torch.Tensor) else out.mode()
         return (latents - self.shift) * self.scale
 
 
