@@ -36,6 +36,7 @@ PRESET_VERSION = 1
 FIT_MODES = ("crop", "letterbox", "stretch")
 FALLBACK_OUTPUTS = ("passthrough", "last", "black")
 ACCELERATIONS = ("none", "compile", "onnxruntime", "tensorrt")
+OUTPUT_FORMATS = ("BGRA", "RGBA", "BGRX", "RGBX", "RGB", "BGR", "UYVY")  # bridge.frame.PixelFormat
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -121,6 +122,8 @@ SECTIONS: dict[str, tuple[Opt, ...]] = {
         Opt("fallback_output", "enum", "passthrough", "What sinks get while the pipeline fails, "
             "rebuilds or has no source: the input resized (passthrough), the last good output "
             "(last) or black.", choices=FALLBACK_OUTPUTS),
+        Opt("output_format", "enum", "BGRA", "Pixel format of output frames (BGRA is what NDI, "
+            "Spout and OBS use natively).", choices=OUTPUT_FORMATS),
     ),
 }
 TRANSPORT_KEYS = ("source", "sink")
@@ -184,6 +187,7 @@ class Preset:
     sinks: tuple[TransportConfig, ...] = (TransportConfig("null"),)
     fit: str = "crop"
     fallback_output: str = "passthrough"
+    output_format: str = "BGRA"
     control: ControlConfig = ControlConfig()
     osc: OscConfig = OscConfig()
     midi: MidiConfig = MidiConfig()
@@ -355,6 +359,7 @@ def validate_preset(raw: Any, *, path: Path | None = None) -> Preset:
         params=params, source=source or TransportConfig("test_pattern"), sinks=sinks, path=path,
         version=top.get("version", PRESET_VERSION), fit=top.get("fit", "crop"),
         fallback_output=top.get("fallback_output", "passthrough"),
+        output_format=top.get("output_format", "BGRA"),
         **{name: cls(**sections[name]) for name, cls in _SECTION_TYPES.items()},
     )
 
