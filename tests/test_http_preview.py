@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bridge.control.target import StateTarget
 from bridge.errors import ConfigError, TransportError
 from bridge.frame import Frame, PixelFormat
+from bridge.frame_convert import convert
 from bridge.io import create_sink, is_available
 from bridge.io.http_preview import BOUNDARY, HttpPreviewSink, _LatestFrame, form_fields
 from bridge.params import LIVE_PARAMS, REBUILD_PARAMS
@@ -114,16 +116,10 @@ def test_every_packed_format_encodes_true_colour(sink: HttpPreviewSink, fmt: Pix
     assert_colour(body, (200, 40, 90))
 
 
-def test_uyvy_encodes_luma_and_chroma(sink: HttpPreviewSink) -> None:
-    px = np.empty((32, 64, 2), np.uint8)
-    px[:, :, 1] = 128  # Y
-    px[:, 0::2, 0] = 128  # U neutral
-    px[:, 1::2, 0] = 240  # V high: red-ish
-    sink.send(Frame(px, PixelFormat.UYVY))
-    img = decode(get(sink.port, "/frame.jpg")[2])
-    assert img.shape == (32, 64, 3)
-    r, g, b = img.mean(axis=(0, 1))
-    assert r > 200 and g < 100 and abs(b - 128) < 20
+def test_uyvy_encodes_through_bt709_conversion(sink: HttpPreviewSink) -> None:
+    rgb = solid((200, 40, 90), PixelFormat.RGB).pixels
+    sink.send(Frame(convert(rgb, PixelFormat.RGB, PixelFormat.UYVY), PixelFormat.UYVY))
+    assert_colour(get(sink.port, "/frame.jpg")[2], (200, 40, 90))
 
 
 def test_frame_jpg_before_first_frame_is_503(sink: HttpPreviewSink) -> None:
@@ -238,15 +234,16 @@ def test_port_in_use_says_what_to_do(sink: HttpPreviewSink) -> None:
 
 # -- control form --------------------------------------------------------------------------------
 
-class RecordingTarget:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
+class RecordingTarget(StateTarget):
+    """The real state-backed control target, recording what reached it."""
 
-    def __call__(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append((cmd, args))
-        if cmd == "get_state":
-            return {"version": 3, "params": {"prompt": "a cat", "guidance_scale": 1.2}}
-        return {"version": 4, "applied": sorted(args)}
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict[str, Any]] = []
+
+    def set(self, changes: Any) -> dict[str, Any]:
+        self.calls.append(dict(changes))
+        return super().set(changes)
 
 
 @pytest.fixture
@@ -278,12 +275,14 @@ def test_form_has_one_input_per_live_parameter(control_sink: Any) -> None:
 
 def test_set_is_validated_then_forwarded(control_sink: Any) -> None:
     sink, target = control_sink
+    version = target.get_state()["version"]
     status, reply = post_set(sink.port, {"changes": {"prompt": "a dog", "guidance_scale": 2}})
-    assert status == 200 and reply == {"ok": True, "result": {"version": 4,
-                                                              "applied": ["guidance_scale", "prompt"]}}
-    assert target.calls == [("set", {"prompt": "a dog", "guidance_scale": 2.0})]
-    status, reply = get(sink.port, "/control/state")[0], json.loads(get(sink.port, "/control/state")[2])
-    assert status == 200 and reply["result"]["params"]["prompt"] == "a cat"
+    assert status == 200 and reply["ok"] is True and reply["result"]["version"] > version
+    assert target.calls == [{"prompt": "a dog", "guidance_scale": 2.0}]
+    status, _, body = get(sink.port, "/control/state")
+    state = json.loads(body)["result"]
+    assert status == 200 and state["params"]["prompt"] == "a dog"
+    assert state["params"]["guidance_scale"] == 2.0
 
 
 def test_invalid_set_names_every_field_and_is_not_forwarded(control_sink: Any) -> None:
@@ -311,10 +310,11 @@ def test_set_refuses_non_json_and_foreign_host(control_sink: Any) -> None:
 
 
 def test_control_errors_from_the_daemon_are_shown() -> None:
-    def failing(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        raise TransportError("daemon is not answering", fix="start sdbridge serve")
+    class Failing(StateTarget):
+        def set(self, changes: Any) -> dict[str, Any]:
+            raise TransportError("daemon is not answering", fix="start sdbridge serve")
 
-    s = HttpPreviewSink(port=0, controls=True, control=failing)
+    s = HttpPreviewSink(port=0, controls=True, control=Failing())
     s.open()
     try:
         status, reply = post_set(s.port, {"changes": {"delta": 0.5}})
@@ -330,8 +330,10 @@ def test_controls_without_target_explain_fix() -> None:
     try:
         status, reply = post_set(s.port, {"changes": {"delta": 0.5}})
         assert status == 502 and "attach" in reply["error"]["message"]
-        s.attach_control(lambda cmd, args: {"ok": cmd})
-        assert post_set(s.port, {"changes": {"delta": 0.5}}) == (200, {"ok": True,
-                                                                      "result": {"ok": "set"}})
+        target = StateTarget()
+        s.attach_control(target)
+        status, reply = post_set(s.port, {"changes": {"delta": 0.5}})
+        assert status == 200 and reply["ok"] is True
+        assert target.get_state()["params"]["delta"] == 0.5
     finally:
         s.close()

@@ -26,17 +26,18 @@ import logging
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bridge.errors import ConfigError, Problem, SdbridgeError, TransportError
 from bridge.frame import Frame, PixelFormat
+from bridge.frame_convert import convert
 from bridge.io.base import Availability, FrameSink
 from bridge.params import PARAMS, ParamSpec, validate_changes
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the daemon's control target (bridge.control.target); only set/get_state used
+    from bridge.control.target import ControlTarget
 
-# (cmd, args) -> result; raises SdbridgeError (code + message) on failure.
-ControlTarget = Callable[[str, dict[str, Any]], dict[str, Any]]
+log = logging.getLogger(__name__)
 
 BOUNDARY = "sdbridgeframe"
 MAX_BODY_BYTES = 64 * 1024
@@ -61,26 +62,14 @@ def encode_jpeg(frame: Frame, quality: int) -> bytes:
     from PIL import Image
 
     fmt = frame.pixel_format
-    if fmt is PixelFormat.UYVY:
-        image = Image.fromarray(_uyvy_to_ycbcr(frame.pixels), "YCbCr")
+    if fmt is PixelFormat.UYVY:  # BT.709 limited range (NDI's convention), see frame_convert
+        image = Image.fromarray(convert(frame.pixels, fmt, PixelFormat.RGB), "RGB")
     else:
         image = Image.frombuffer("RGB", (frame.width, frame.height), frame.pixels, "raw",
                                  _PIL_RAW[fmt], 0, 1)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=quality)
     return out.getvalue()
-
-
-def _uyvy_to_ycbcr(pixels: Any) -> Any:
-    """UYVY (U Y0 V Y1) → H×W×3 YCbCr, chroma repeated per pixel pair; JPEG is YCbCr natively."""
-    import numpy as np
-
-    h, w = pixels.shape[:2]
-    out = np.empty((h, w, 3), np.uint8)
-    out[:, :, 0] = pixels[:, :, 1]
-    out[:, :, 1] = np.repeat(pixels[:, 0::2, 0], 2, axis=1)
-    out[:, :, 2] = np.repeat(pixels[:, 1::2, 0], 2, axis=1)
-    return out
 
 
 def _is_loopback(host: str) -> bool:
@@ -147,7 +136,7 @@ class HttpPreviewSink(FrameSink):
         allow_remote: bool = False,
         quality: int = 80,
         controls: bool = False,
-        control: ControlTarget | None = None,
+        control: "ControlTarget | None" = None,
         max_clients: int = 16,
         title: str = "sdbridge",
     ) -> None:
@@ -224,7 +213,7 @@ class HttpPreviewSink(FrameSink):
     def clients(self) -> int:
         return self._clients
 
-    def attach_control(self, control: ControlTarget) -> None:
+    def attach_control(self, control: "ControlTarget") -> None:
         """Let the daemon inject its control target after building the sink from a preset."""
         self._control = control
 
@@ -246,13 +235,13 @@ class HttpPreviewSink(FrameSink):
         if self._control is None:
             raise TransportError("no control target is attached to the http sink",
                                  fix="start it from `sdbridge serve` with sink.controls: true")
-        return self._control("set", clean)
+        return self._control.set(clean)
 
     def _get_state(self) -> dict[str, Any]:
         if self._control is None:
             raise TransportError("no control target is attached to the http sink",
                                  fix="start it from `sdbridge serve` with sink.controls: true")
-        return self._control("get_state", {})
+        return self._control.get_state()
 
 
 class _Handler(BaseHTTPRequestHandler):
