@@ -19,6 +19,7 @@ log = logging.getLogger("sdbridge")
 # Order here is the order in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "bridge.commands.bench",
+    "bridge.commands.ctl",
 )
 
 
