@@ -38,7 +38,7 @@ FALLBACK_OUTPUTS = ("passthrough", "last", "black")
 ACCELERATIONS = ("none", "compile", "onnxruntime", "tensorrt")
 OUTPUT_FORMATS = ("BGRA", "RGBA", "BGRX", "RGBX", "RGB", "BGR", "UYVY")  # bridge.frame.PixelFormat
 DTYPES = ("auto", "float16", "bfloat16", "float32")
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Opt:
     """One option of a preset section: name, type, default, range and a one-line description."""
 
     name: str
-    type: str  # "str" | "float" | "int" | "bool" | "enum" | "device" | "endpoint"
+    type: str  # "str" | "float" | "int" | "bool" | "enum" | "endpoint"
     default: Any
     description: str
     choices: tuple[str, ...] = ()
@@ -69,12 +69,17 @@ SECTIONS: dict[str, tuple[Opt, ...]] = {
         Opt("lcm_lora", "str", None, "LCM-LoRA id or path fused into the UNet (SD 1.5 / SDXL "
             "base models); null for none.", nullable=True),
         Opt("lcm_lora_scale", "float", 1.0, "Weight of the fused LCM-LoRA.", minimum=0.0,
-            maximum=4.0),
+            maximum=2.0),
         Opt("tiny_vae", "str", None, "Tiny autoencoder id or path (e.g. `madebyollin/taesd`) "
             "replacing the full VAE; null keeps the model's VAE.", nullable=True),
         Opt("dtype", "enum", "auto", "Weights dtype; auto = float16 on CUDA, float32 on CPU.",
             choices=DTYPES),
-        Opt("device", "device", "auto", "auto, cpu, cuda, cuda:N or mps."),
+        Opt("device", "enum", "auto", "auto = cuda when a GPU is usable, else cpu.",
+            choices=DEVICES),
+        Opt("step_kind", "enum", "auto", "Denoising step: LCM boundary scalings or plain turbo "
+            "x0; auto = turbo when the id contains `turbo`.", choices=("auto", "lcm", "turbo")),
+        Opt("family", "enum", "auto", "sd or sdxl; auto = detected from the weights.",
+            choices=("auto", "sd", "sdxl")),
         Opt("acceleration", "enum", "none", "How UNet and VAE run: eager torch, torch.compile, "
             "ONNX Runtime or TensorRT engines.", choices=ACCELERATIONS),
         Opt("fallback", "enum", None, "Acceleration to use instead when the requested one is not "
@@ -90,12 +95,14 @@ SECTIONS: dict[str, tuple[Opt, ...]] = {
             "token or CURVE keys)."),
         Opt("token", "str", None, "Shared secret every command must carry (`\"token\"` field); "
             "null for none.", nullable=True),
-        Opt("curve_secret_key", "str", None, "Path of the server's ZeroMQ CURVE secret key file "
+        Opt("curve_secret_key_file", "str", None, "Path of the server's ZeroMQ CURVE secret key file "
             "(zmq.auth format); null disables CURVE.", nullable=True),
-        Opt("curve_authorized_dir", "str", None, "Folder of client public key files allowed to "
+        Opt("curve_authorized_keys_dir", "str", None, "Folder of client public key files allowed to "
             "connect under CURVE; null = any client with the server key.", nullable=True),
-        Opt("stats_interval", "float", 0.5, "Seconds between `stats` events.", minimum=0.1,
-            maximum=10.0),
+        Opt("stats_interval", "float", 0.5, "Seconds between `stats` events (1-2 Hz).",
+            minimum=0.5, maximum=1.0),
+        Opt("max_message_bytes", "int", 65536, "Largest accepted command; bigger ones are "
+            "refused.", minimum=1024, maximum=16 << 20),
     ),
     "osc": (
         Opt("enabled", "bool", False, "Listen for OSC messages (python-osc)."),
@@ -139,6 +146,8 @@ class ModelConfig:
     tiny_vae: str | None = None
     dtype: str = "auto"
     device: str = "auto"
+    step_kind: str = "auto"
+    family: str = "auto"
     acceleration: str = "none"
     fallback: str | None = None
 
@@ -150,9 +159,10 @@ class ControlConfig:
     event_endpoint: str = "tcp://127.0.0.1:5556"
     allow_remote: bool = False
     token: str | None = None
-    curve_secret_key: str | None = None
-    curve_authorized_dir: str | None = None
+    curve_secret_key_file: str | None = None
+    curve_authorized_keys_dir: str | None = None
     stats_interval: float = 0.5
+    max_message_bytes: int = 65536
 
 
 @dataclass(frozen=True)
@@ -236,8 +246,6 @@ def _check_opt(opt: Opt, value: Any) -> tuple[Any, str | None]:
         return value, "must be a non-empty string"
     if opt.choices and value not in opt.choices:
         return value, f"must be one of {', '.join(opt.choices)}"
-    if kind == "device" and not _DEVICE_RE.match(value):
-        return value, "must be auto, cpu, cuda, cuda:N or mps"
     if kind == "endpoint" and not re.match(r"^(tcp|ipc|inproc)://.+", value):
         return value, "must be a ZeroMQ endpoint like tcp://127.0.0.1:5555"
     return value, None
