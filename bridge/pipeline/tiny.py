@@ -185,7 +185,8 @@ def _scheduler() -> object:
     # SD 1.5 / SDXL betas; the pipeline builds its own 50-step LCM schedule from them.
     return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                         num_train_timesteps=1000, original_inference_steps=50,
-                        timestep_spacing="leading", set_alpha_to_one=True, clip_sample=False)
+                        timestep_spacing="leading", steps_offset=1, set_alpha_to_one=True,
+                        clip_sample=False)
 
 
 def build_tiny_components(*, family: str = "sd", tiny_vae: bool = False, seed: int = 0,
@@ -218,3 +219,87 @@ def build_tiny_components(*, family: str = "sd", tiny_vae: bool = False, seed: i
         model_id="tiny" if family == "sd" else "tiny-sdxl",
         identity={"model": "tiny", "family": family, "tiny_vae": tiny_vae, "seed": seed,
                   "step_kind": step_kind})
+
+
+# --- the on-disk copy that `load_components("tiny")` reads back through from_pretrained -------
+
+TINY_FORMAT_VERSION = 2  # bump when the layout above changes: stale cache copies get rebuilt
+TINY_IDS = {"tiny": "sd", "tiny-sdxl": "sdxl"}
+
+
+def sdbridge_home() -> Path:
+    """``$SDBRIDGE_HOME`` or ``~/.cache/sdbridge``: our own cache (tiny models, engines)."""
+    import os
+
+    return Path(os.environ.get("SDBRIDGE_HOME") or Path.home() / ".cache" / "sdbridge")
+
+
+def tiny_model_dir(model_id: str = "tiny") -> Path:
+    return sdbridge_home() / "models" / model_id
+
+
+def _tiny_is_current(folder: Path) -> bool:
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return index.get("_sdbridge_tiny_version") == TINY_FORMAT_VERSION
+
+
+def save_tiny(model_id: str = "tiny", *, force: bool = False, seed: int = 0) -> Path:
+    """Write the tiny model as a diffusers folder (plus ``vae_tiny/``) once, atomically.
+
+    Built in a temporary sibling folder and renamed into place, so a reader never sees half a
+    model and two processes racing both end up with one complete copy.
+    """
+    import os
+    import shutil
+
+    if model_id not in TINY_IDS:
+        raise ConfigError(Problem("model", model_id, "not a built-in tiny model",
+                                  f"use one of {', '.join(TINY_IDS)}"))
+    final = tiny_model_dir(model_id)
+    if _tiny_is_current(final) and not force:
+        return final
+    family = TINY_IDS[model_id]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=final.parent))
+    try:
+        comps = build_tiny_components(family=family, seed=seed)
+        parts = {"unet": comps.unet, "vae": comps.vae, "text_encoder": comps.text_encoder,
+                 "tokenizer": comps.tokenizer, "scheduler": comps.scheduler}
+        if family == "sdxl":
+            parts |= {"text_encoder_2": comps.text_encoder_2, "tokenizer_2": comps.tokenizer_2}
+        for name, part in parts.items():
+            part.save_pretrained(str(tmp / name))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            _tiny_vae().save_pretrained(str(tmp / "vae_tiny"))
+        _write_model_index(tmp, parts, family)
+        old = None
+        if final.exists():  # stale or forced: move aside first, rename is atomic per path
+            old = final.with_name(f".{model_id}-old-{os.getpid()}")
+            os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not _tiny_is_current(final):  # lost a race to a broken writer: surface it
+                raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("tiny model %s saved to %s", model_id, final)
+    return final
+
+
+def _write_model_index(folder: Path, parts: dict[str, object], family: str) -> None:
+    libraries = {"tokenizer": "transformers", "tokenizer_2": "transformers",
+                 "text_encoder": "transformers", "text_encoder_2": "transformers"}
+    index: dict[str, object] = {
+        "_class_name": "StableDiffusionXLPipeline" if family == "sdxl" else "StableDiffusionPipeline",
+        "_sdbridge_tiny_version": TINY_FORMAT_VERSION,
+    }
+    for name, part in parts.items():
+        index[name] = [libraries.get(name, "diffusers"), type(part).__name__]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
