@@ -20,6 +20,8 @@ log = logging.getLogger("sdbridge")
 COMMAND_MODULES: tuple[str, ...] = (
     "bridge.commands.bench",
     "bridge.commands.ctl",
+    "bridge.commands.doctor",
+    "bridge.commands.models",
 )
 
 
