@@ -245,6 +245,16 @@ def test_source_survives_sender_restart() -> None:
     assert all(b > a for a, b in zip(again, again[1:]))
 
 
+@pytest.mark.ndi
+@requires_ndi
+def test_latency_bench_measures_between_processes() -> None:
+    from bridge.bench.ndi_latency import measure
+
+    result = measure(width=128, height=128, frames=10)
+    assert set(result) == {"p50_ms", "p95_ms"}
+    assert 0 < result["p50_ms"] <= result["p95_ms"]
+
+
 # --------------------------------------------------------------------- peer processes
 
 
