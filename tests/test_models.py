@@ -80,12 +80,18 @@ def test_step_kind_auto_from_id() -> None:
     assert ModelSpec("tiny", step_kind="turbo").resolved_step_kind() == "turbo"
 
 
-def test_hub_id_resolved_from_local_cache_only(home: Path, tiny) -> None:
-    repo = Path(str(home / "hf-hub")) / "models--sdbridge-test--tiny-copy"
+@pytest.fixture(scope="module")
+def hub_copy(home: Path, tiny) -> str:
+    """The tiny model laid out as a Hugging Face cache entry (refs/main -> snapshots/<commit>)."""
+    repo = home / "hf-hub" / "models--sdbridge-test--tiny-copy"
     commit = "0" * 40
     shutil.copytree(tiny_model_dir("tiny"), repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
+    return "sdbridge-test/tiny-copy"
+
+
+def test_hub_id_resolved_from_local_cache_only(hub_copy: str, tiny) -> None:
     loaded = load_components(ModelSpec("sdbridge-test/tiny-copy", step_kind="auto"), progress=False)
     assert _same_weights(loaded.unet, tiny.unet) and loaded.model_id == "sdbridge-test/tiny-copy"
 
@@ -174,3 +180,58 @@ def test_single_file_that_is_not_safetensors(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(ModelError, match="not a readable safetensors"):
         load_components(ModelSpec(str(junk)), progress=False)
+
+
+# --- the `sdbridge models` command ------------------------------------------------------------
+
+
+def _cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict]:
+    from bridge.cli import main
+
+    code = main(list(argv))
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_models_list_shows_cache_and_tiny(capsys, hub_copy: str, tiny) -> None:
+    code, out = _cli_json(capsys, "models", "list", "--json")
+    assert code == 0 and out["ok"]
+    rows = {row["id"]: row for row in out["models"]}
+    assert rows[hub_copy]["kind"] == "pipeline" and rows[hub_copy]["size_bytes"] > 100_000
+    assert rows["tiny"]["kind"] == "built-in" and rows["tiny"]["size_bytes"] > 100_000
+    assert "tiny-sdxl" in rows
+
+
+def test_models_build_tiny(capsys, home: Path) -> None:
+    code, out = _cli_json(capsys, "models", "build-tiny", "--json")
+    assert code == 0 and [row["id"] for row in out["models"]] == ["tiny", "tiny-sdxl"]
+    for row in out["models"]:
+        assert (Path(row["path"]) / "model_index.json").exists()
+
+
+def test_models_pull_offline_is_one_clear_error(capsys, monkeypatch) -> None:
+    """No hub access here: the real download path must fail with a fix, not a traceback."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    code, out = _cli_json(capsys, "models", "pull", "sdbridge-test/not-there", "--json")
+    assert code == 2 and out["ok"] is False
+    assert out["error"]["code"] == "model_error" and "sdbridge-test/not-there" in out["error"]["message"]
+    assert "fix:" in out["error"]["message"]
+
+
+def test_models_pull_plan() -> None:
+    from bridge.cli import build_parser
+    from bridge.commands.models import plan_pull
+
+    args = build_parser().parse_args(["models", "pull", "stabilityai/sd-turbo", "--lcm-lora", "--tiny-vae"])
+    plan = plan_pull(args)
+    assert [repo for repo, _ in plan] == ["stabilityai/sd-turbo", "latent-consistency/lcm-lora-sdv1-5",
+                                          "madebyollin/taesd"]
+    patterns = plan[0][1]["allow_patterns"]
+    assert "unet/diffusion_pytorch_model.safetensors" in patterns and "model_index.json" in patterns
+    assert not any(p.endswith((".bin", ".ckpt")) for p in patterns)
+    xl = plan_pull(build_parser().parse_args(["models", "pull", "stabilityai/sdxl-turbo", "--variant",
+                                              "fp16", "--tiny-vae"]))
+    assert xl[1][0] == "madebyollin/taesdxl"
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in xl[0][1]["allow_patterns"]

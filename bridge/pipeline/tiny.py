@@ -238,7 +238,7 @@ def tiny_model_dir(model_id: str = "tiny") -> Path:
     return sdbridge_home() / "models" / model_id
 
 
-def _tiny_is_current(folder: Path) -> bool:
+def tiny_is_current(folder: Path) -> bool:
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -259,7 +259,7 @@ def save_tiny(model_id: str = "tiny", *, force: bool = False, seed: int = 0) -> 
         raise ConfigError(Problem("model", model_id, "not a built-in tiny model",
                                   f"use one of {', '.join(TINY_IDS)}"))
     final = tiny_model_dir(model_id)
-    if _tiny_is_current(final) and not force:
+    if tiny_is_current(final) and not force:
         return final
     family = TINY_IDS[model_id]
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def save_tiny(model_id: str = "tiny", *, force: bool = False, seed: int = 0) -> 
         try:
             os.rename(tmp, final)
         except OSError:
-            if not _tiny_is_current(final):  # lost a race to a broken writer: surface it
+            if not tiny_is_current(final):  # lost a race to a broken writer: surface it
                 raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
