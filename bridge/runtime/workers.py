@@ -1,0 +1,267 @@
+"""The daemon's I/O threads: one reads the source into the latest-frame slot, one drains the
+output queue into every sink. Both survive their transport going away: they close it, report
+the error in the live state, and reopen it with exponential backoff, so unplugging a cable or
+restarting the host app never needs a daemon restart."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from bridge.config import TransportConfig
+from bridge.errors import FrameTimeout, SdbridgeError
+from bridge.frame import Frame, now_ns
+from bridge.io.base import FrameSink, FrameSource, create_sink, create_source
+from bridge.runtime.slots import BoundedQueue, LatestSlot
+from bridge.runtime.state import LiveState
+from bridge.runtime.stats import Stats
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[TransportConfig], FrameSource]
+SinkFactory = Callable[[TransportConfig], FrameSink]
+
+
+def default_source_factory(config: TransportConfig) -> FrameSource:
+    return create_source(config.kind, **config.options)
+
+
+def default_sink_factory(config: TransportConfig) -> FrameSink:
+    return create_sink(config.kind, **config.options)
+
+
+class Backoff:
+    """Exponential retry delay: first, 2·first, ... capped at ``cap``; ``reset`` on success."""
+
+    def __init__(self, first: float = 0.1, cap: float = 2.0) -> None:
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+def _clear_error(state: LiveState, where: str) -> None:
+    """Clear the state's last error only if this component reported it."""
+    error = state.snapshot()["last_error"]
+    if error is not None and str(error.get("where", "")).startswith(where):
+        state.set_error(None)
+
+
+class SourceWorker:
+    """Source thread: receive -> stamp stats -> LatestSlot (newest wins, drops counted)."""
+
+    def __init__(self, config: TransportConfig, slot: LatestSlot[Frame], stats: Stats,
+                 state: LiveState, *, factory: SourceFactory = default_source_factory,
+                 receive_timeout: float = 0.25, stale_after: float = 2.0,
+                 backoff: Backoff | None = None) -> None:
+        self.config = config
+        self._slot, self._stats, self._state, self._factory = slot, stats, state, factory
+        self._receive_timeout, self._stale_after = receive_timeout, stale_after
+        self._backoff = backoff or Backoff()
+        self._stop = threading.Event()
+        self._reconfigure = threading.Event()
+        self._source: FrameSource | None = None
+        self._thread: threading.Thread | None = None
+        self.last_frame_ns: int | None = None
+        self.connected = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sdbridge-source", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("source thread did not stop within %.1f s", timeout)
+        self._close()
+
+    def reconfigure(self, config: TransportConfig) -> None:
+        """Switch to another source (preset load); takes effect on the next receive."""
+        self.config = config
+        self._reconfigure.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._reconfigure.is_set():
+                self._reconfigure.clear()
+                self._close()
+            if self._source is None and not self._open():
+                self._stop.wait(self._backoff.next())
+                continue
+            self._receive_one()
+
+    def _open(self) -> bool:
+        try:
+            source = self._factory(self.config)
+            source.open()
+        except Exception as exc:  # any open failure: report, back off, retry
+            self._report(exc, "cannot open source")
+            return False
+        self._source = source
+        self.last_frame_ns = now_ns()  # staleness counts from the (re)connection
+        log.info("source %s opened", self.config.kind)
+        return True
+
+    def _receive_one(self) -> None:
+        assert self._source is not None
+        try:
+            frame = self._source.receive(self._receive_timeout)
+        except FrameTimeout:
+            idle = (now_ns() - (self.last_frame_ns or 0)) / 1e9
+            self.connected = idle < self._stale_after
+            if idle >= self._stale_after * 2:  # long silence: the producer may have restarted
+                log.info("source %s silent for %.1f s: reopening", self.config.kind, idle)
+                self._stats.count("source_reconnects")
+                self._close()
+            return
+        except Exception as exc:  # transport gone or broken: reopen with backoff
+            self._report(exc, "source failed")
+            self._close()
+            self._stop.wait(self._backoff.next())
+            return
+        if not self.connected:
+            _clear_error(self._state, "source")
+        self.connected = True
+        self._backoff.reset()
+        self.last_frame_ns = now_ns()
+        self._stats.frame_in()
+        if self._slot.put(frame):
+            self._stats.count("dropped_source")
+
+    def _report(self, exc: BaseException, what: str) -> None:
+        self.connected = False
+        self._stats.count("source_errors")
+        if isinstance(exc, SdbridgeError):
+            log.warning("%s %s: %s", what, self.config.kind, exc)
+        else:
+            log.exception("%s %s", what, self.config.kind)
+        self._state.set_error(exc, where="source")
+
+    def _close(self) -> None:
+        source, self._source = self._source, None
+        self.connected = False
+        if source is not None:
+            try:
+                source.close()
+            except Exception:  # closing a dead transport must not kill the thread
+                log.exception("closing source %s failed", self.config.kind)
+
+
+class _SinkSlot:
+    def __init__(self, index: int, config: TransportConfig) -> None:
+        self.index, self.config = index, config
+        self.sink: FrameSink | None = None
+        self.retry_at = 0.0
+        self.backoff = Backoff(0.2, 5.0)
+
+
+class SinkWorker:
+    """Sink thread: output queue -> every sink. A failing sink is reopened with backoff
+    without holding up the others."""
+
+    def __init__(self, configs: tuple[TransportConfig, ...], queue: BoundedQueue[list[Frame]],
+                 stats: Stats, state: LiveState, *,
+                 factory: SinkFactory = default_sink_factory) -> None:
+        self._queue, self._stats, self._state, self._factory = queue, stats, state, factory
+        self._slots = [_SinkSlot(i, c) for i, c in enumerate(configs)]
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+
+    def open_all(self) -> None:
+        """Open every sink now so a misconfigured sink fails ``serve`` at start, not later."""
+        for slot in self._slots:
+            slot.sink = self._factory(slot.config)
+            slot.sink.open()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sdbridge-sink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Drain what is queued, then close every sink (shared memory is unlinked here)."""
+        self._queue.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("sink thread did not stop within %.1f s", timeout)
+        with self._lock:
+            for slot in self._slots:
+                self._close(slot)
+
+    def reconfigure(self, configs: tuple[TransportConfig, ...]) -> None:
+        with self._lock:
+            for slot in self._slots:
+                self._close(slot)
+            self._slots = [_SinkSlot(i, c) for i, c in enumerate(configs)]
+
+    @property
+    def sinks(self) -> list[FrameSink | None]:
+        return [slot.sink for slot in self._slots]
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get(0.1)
+            if batch is None:
+                if self._queue.closed:
+                    return
+                continue
+            for frame in batch:
+                self._send(frame)
+
+    def _send(self, frame: Frame) -> None:
+        start = now_ns()
+        with self._lock:
+            for slot in self._slots:
+                if slot.sink is None and time.monotonic() >= slot.retry_at:
+                    self._reopen(slot)
+                if slot.sink is None:
+                    continue
+                try:
+                    slot.sink.send(frame)
+                except Exception as exc:  # a dead sink must not stop the others
+                    self._fail(slot, exc, "sink failed")
+        sent = now_ns()
+        self._stats.stage("send", sent - start)
+        self._stats.frame_out(frame.timestamp_ns, sent)
+        self.sent += 1
+
+    def _reopen(self, slot: _SinkSlot) -> None:
+        try:
+            sink = self._factory(slot.config)
+            sink.open()
+        except Exception as exc:
+            self._fail(slot, exc, "cannot open sink")
+            return
+        slot.sink = sink
+        slot.backoff.reset()
+        _clear_error(self._state, f"sink.{slot.index}")
+        log.info("sink %d (%s) opened", slot.index, slot.config.kind)
+
+    def _fail(self, slot: _SinkSlot, exc: BaseException, what: str) -> None:
+        self._stats.count("sink_errors")
+        if isinstance(exc, SdbridgeError):
+            log.warning("%s %d (%s): %s", what, slot.index, slot.config.kind, exc)
+        else:
+            log.exception("%s %d (%s)", what, slot.index, slot.config.kind)
+        self._state.set_error(exc, where=f"sink.{slot.index}")
+        self._close(slot)
+        slot.retry_at = time.monotonic() + slot.backoff.next()
+
+    def _close(self, slot: _SinkSlot) -> None:
+        sink, slot.sink = slot.sink, None
+        if sink is not None:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("closing sink %d (%s) failed", slot.index, slot.config.kind)
