@@ -140,7 +140,7 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
                 _parse_set),
     CommandSpec("get_stats", "Latest telemetry (same object as the `stats` event).", "none",
                 "the stats object", _no_args("get_stats", GetStats)),
-    CommandSpec("pause", "Stop processing; the sink keeps its last frame.", "none",
+    CommandSpec("pause", "Stop processing new frames (outputs stay alive).", "none",
                 '`{"version": n, "paused": true}`', _no_args("pause", Pause)),
     CommandSpec("resume", "Resume processing.", "none",
                 '`{"version": n, "paused": false}`', _no_args("resume", Resume)),
