@@ -57,7 +57,10 @@ def load_preset_params(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(Problem("path", str(path), f"not valid YAML: {exc}",
+        # Only the position, not the parser's excerpt: a client must not read files through us.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(Problem("path", str(path), f"not valid YAML{where}",
                                   "fix the YAML syntax")) from exc
     if not isinstance(data, dict):
         raise ConfigError(Problem("path", str(path), "preset must be a YAML mapping",
