@@ -18,10 +18,12 @@ log = logging.getLogger("sdbridge")
 
 # Order here is the order in --help.
 COMMAND_MODULES: tuple[str, ...] = (
+    "bridge.commands.serve",
     "bridge.commands.bench",
     "bridge.commands.ctl",
     "bridge.commands.doctor",
     "bridge.commands.models",
+    "bridge.commands.demo",
 )
 
 

@@ -113,12 +113,14 @@ SECTIONS: dict[str, tuple[Opt, ...]] = {
             nullable=True),
         Opt("target_port", "int", 9001, "UDP port of the echo target.", minimum=1,
             maximum=65535),
+        Opt("allow_remote", "bool", False, "Listen on a non-loopback address (OSC has no "
+            "authentication: trusted networks only)."),
     ),
     "midi": (
         Opt("enabled", "bool", False, "Read a MIDI input port (mido)."),
         Opt("port", "str", None, "Input port name (substring match); null = first port.",
             nullable=True),
-        Opt("mapping", "str", "midi/default.yaml", "YAML mapping of CC/notes to "
+        Opt("mapping", "str", "midi/generic-8-knob.yaml", "YAML mapping of CC/notes to "
             "parameters (relative paths resolve against the preset's folder)."),
     ),
     "": (
@@ -172,13 +174,14 @@ class OscConfig:
     listen_port: int = 9000
     target_host: str | None = None
     target_port: int = 9001
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True)
 class MidiConfig:
     enabled: bool = False
     port: str | None = None
-    mapping: str = "midi/default.yaml"
+    mapping: str = "midi/generic-8-knob.yaml"
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ DEFAULT_PRESET: dict[str, Any] = {
     "prompt": "a watercolour painting of moving stripes",
     "t_index_list": [32, 45], "cfg_type": "self", "guidance_scale": 1.2,
     "source": {"kind": "test_pattern"},
-    "sink": [{"kind": "shm"}],
+    "sink": [{"kind": "shm", "name": "sdbridge-out"}],
 }
 
 

@@ -64,8 +64,8 @@ class _Build:
     def done(self) -> bool:
         return self._done.is_set()
 
-    def wait(self) -> None:
-        self._done.wait()
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
 
 
 class Daemon:
@@ -105,11 +105,15 @@ class Daemon:
         self._started = time.monotonic()
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> "Daemon":
-        """Build the pipeline (blocking), open sinks, then start the threads."""
+    def start(self, cancel: threading.Event | None = None) -> bool:
+        """Build the pipeline (blocking), open sinks, then start the threads. Returns False
+        when ``cancel`` was set during the build (a signal at start-up)."""
         self.state.set_status("loading")
         build = _Build(self._factory, self.preset, self.state.params())
-        build.wait()
+        while not build.wait(0.1):
+            if cancel is not None and cancel.is_set():
+                self._stopped.set()
+                return False
         if build.error is not None:
             self.state.set_status("error")
             raise build.error
@@ -119,7 +123,7 @@ class Daemon:
         self._thread = threading.Thread(target=self._run, name="sdbridge-inference", daemon=True)
         self._thread.start()
         self.source.start()
-        return self
+        return True
 
     def stop(self, timeout: float = 4.0) -> None:
         """Stop reading, finish the frame in flight, flush and close sinks. Idempotent."""

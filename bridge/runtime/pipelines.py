@@ -120,12 +120,7 @@ class StreamBatchPipeline:
 
     @property
     def skipped_frames(self) -> int:
-        counters = getattr(self._stream, "counters", None)
-        if counters is None:
-            return 0
-        value = counters.get("skipped", 0) if isinstance(counters, Mapping) else \
-            getattr(counters, "skipped", 0)
-        return int(value)
+        return int(self._stream.frames_skipped)
 
     def close(self) -> None:
         close = getattr(self._stream, "close", None)
@@ -136,7 +131,6 @@ class StreamBatchPipeline:
 def stream_batch_factory(preset: Preset, params: Mapping[str, Any], *,
                          progress: bool = True) -> FramePipeline:
     """Load the model, pick the backend (explicit fallback only), build the StreamBatch."""
-    from bridge.pipeline.backends import create_backend
     from bridge.pipeline.models import load_components
     from bridge.pipeline.stream_batch import StreamBatch
 
@@ -144,16 +138,25 @@ def stream_batch_factory(preset: Preset, params: Mapping[str, Any], *,
     components = load_components(spec, progress=progress)
     acceleration = preset.model.acceleration
     try:
-        backend = create_backend(components, acceleration)
+        backend = _backend(components, acceleration, params)
     except RuntimeMissingError as exc:
         if preset.model.fallback is None:
             raise
         log.warning("acceleration %r is not available (%s); using the configured fallback %r",
                     acceleration, exc, preset.model.fallback)
         acceleration = preset.model.fallback
-        backend = create_backend(components, acceleration)
+        backend = _backend(components, acceleration, params)
     stream = StreamBatch(components, dict(params), backend=backend)
     description = {"pipeline": "stream_batch", "model": spec.id_or_path, "device": spec.device,
                    "dtype": spec.dtype, "acceleration": acceleration,
                    "acceleration_requested": preset.model.acceleration}
     return StreamBatchPipeline(stream, components, params, description)
+
+
+def _backend(components: Any, acceleration: str, params: Mapping[str, Any]) -> Any:
+    """None = StreamBatch's own eager torch backend; others from the backends package."""
+    if acceleration == "none":
+        return None
+    from bridge.pipeline.backends import create_backend
+
+    return create_backend(components, acceleration)
