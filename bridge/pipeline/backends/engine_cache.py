@@ -256,7 +256,10 @@ class EngineCache:
 # -- keys ----------------------------------------------------------------------------------
 def _config_digest(module: Any) -> str:
     config = getattr(module, "config", None)
-    data = dict(config) if config is not None else {"class": type(module).__name__}
+    # Private entries (``_use_default_values`` is a list in set order, ``_name_or_path`` a
+    # local path) differ between identical models: leave them out.
+    data = ({k: v for k, v in dict(config).items() if not k.startswith("_")}
+            if config is not None else {"class": type(module).__name__})
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()[:16]
 
 

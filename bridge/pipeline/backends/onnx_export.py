@@ -200,6 +200,7 @@ def export_onnx(components: Components, module: str, out_dir: Path, *, batch: in
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=UserWarning)  # "constant folding not applied" notes
             torch.onnx.export(
                 net, tuple(feed.values()), str(scratch / ONNX_FILE), dynamo=False,
                 input_names=list(feed), output_names=[t.name for t in spec.outputs],

@@ -149,16 +149,28 @@ class OrtRunner:
 class ModuleAdapter:
     """Turns named-tensor runners into the Backend callables: checks batch and size against
     what was built, broadcasts timestep / embeddings to the row count, restores the caller's
-    dtype. Shared by the ONNX Runtime and TensorRT backends."""
+    dtype. Shared by the ONNX Runtime and TensorRT backends.
 
-    def __init__(self, components: Components, runners: Mapping[str, Runner],
-                 specs: Mapping[str, Mapping[str, Any]], hw_range: tuple[int, int]) -> None:
-        self.runners = dict(runners)
-        self.specs = dict(specs)
+    ``factory(module, batch) -> (runner, spec)`` builds (or loads from the cache) one module.
+    With ``batches`` given every module is built now; without, each is built on its first call
+    for the batch that call has (a caller that does not know its row count still works, at the
+    price of a stall on the first frame, logged).
+    """
+
+    def __init__(self, components: Components, factory: Callable[[str, int], tuple[Runner, Mapping[str, Any]]],
+                 hw_range: tuple[int, int], batches: Mapping[str, int] | None = None) -> None:
+        self.factory = factory
+        self.runners: dict[str, Runner] = {}
+        self.specs: dict[str, Mapping[str, Any]] = {}
         self.hw_range = hw_range
         self.family = components.family
         self.vae_scale = components.vae_scale_factor
         self.multiple = self.vae_scale * 2 ** (len(components.unet.config.block_out_channels) - 1)
+        for module, batch in (batches or {}).items():
+            self._build(module, batch)
+
+    def _build(self, module: str, batch: int) -> None:
+        self.runners[module], self.specs[module] = self.factory(module, batch)
 
     def _check_size(self, height: int, width: int) -> None:
         check_size_in_range(height, width, self.hw_range)
@@ -169,6 +181,10 @@ class ModuleAdapter:
             raise ConfigError(bad, context="accelerated backend")
 
     def _check_batch(self, module: str, got: int) -> int:
+        if module not in self.specs:
+            log.warning("building %s for batch %d on its first call (pass the pipeline params to "
+                        "create_backend to build before the first frame)", module, got)
+            self._build(module, got)
         rows = int(self.specs[module]["batch"])
         if got != rows:
             raise PipelineError(f"{module} was built for batch {rows}, got {got}",
@@ -218,10 +234,11 @@ def module_batches(rows: int, frames: int) -> dict[str, int]:
     return {"unet": rows, "vae_encoder": frames, "vae_decoder": frames}
 
 
-def onnxruntime_backend(components: Components, *, rows: int, frames: int,
+def onnxruntime_backend(components: Components, *, rows: int | None = None, frames: int | None = None,
                         hw_range: tuple[int, int] = (256, 1024), precision: str | None = None,
                         provider: str | None = None, cache: Any = None, threads: int = 0) -> Backend:
-    """Export/clean (or reuse from the cache) the three graphs and open one session each."""
+    """Export/clean (or reuse from the cache) the three graphs and open one session each.
+    ``rows``/``frames`` None: each module is built on its first call (see ModuleAdapter)."""
     from bridge.pipeline.backends.engine_cache import EngineCache
     from bridge.pipeline.backends.onnx_cleanup import prepare_onnx
 
@@ -234,14 +251,15 @@ def onnxruntime_backend(components: Components, *, rows: int, frames: int,
     device = components.device
     choice = choose_provider(device, provider, trt_cache_dir=cache.root / "ort-trt")
     precision = precision or ("fp16" if device.type == "cuda" else "fp32")
-    runners: dict[str, Runner] = {}
-    specs: dict[str, Mapping[str, Any]] = {}
-    for module, batch in module_batches(rows, frames).items():
+
+    def factory(module: str, batch: int) -> tuple[Runner, Mapping[str, Any]]:
         entry = prepare_onnx(components, module, batch=batch, hw_range=hw_range, precision=precision,
                              cache=cache)
-        specs[module] = entry.meta["spec"]
-        runners[module] = OrtRunner(entry.file(ONNX_FILE), specs[module], choice,
-                                    components.vae_scale_factor, threads)
-    log.info("onnxruntime backend ready (%s, %s, rows %d, frames %d, %d..%d px)", choice.name,
-             precision, rows, frames, *hw_range)
-    return ModuleAdapter(components, runners, specs, hw_range).backend(f"onnxruntime-{choice.name}")
+        spec = entry.meta["spec"]
+        return OrtRunner(entry.file(ONNX_FILE), spec, choice, components.vae_scale_factor, threads), spec
+
+    batches = None if rows is None or frames is None else module_batches(rows, frames)
+    adapter = ModuleAdapter(components, factory, hw_range, batches)
+    log.info("onnxruntime backend (%s, %s, rows %s, frames %s, %d..%d px)", choice.name, precision,
+             rows, frames, *hw_range)
+    return adapter.backend(f"onnxruntime-{choice.name}")
