@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bridge.commands.doctor",
     "bridge.commands.models",
     "bridge.commands.demo",
+    "bridge.commands.probe",
 )
 
 
