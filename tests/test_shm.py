@@ -408,3 +408,13 @@ def test_registry_builds_shm_transports(name: str) -> None:
         np.testing.assert_array_equal(frame.pixels[0, 0], [9, 9, 9, 255])
         sink.send(Frame(np.zeros((4, 6, 2), np.uint8), PixelFormat.UYVY, seq=4))  # converted
         assert source.receive(5).seq == 4 and sink.generation == 1
+
+
+def test_bench_transport_measures_between_processes() -> None:
+    from bridge.bench import transport
+
+    result = transport.measure_shm(64, 64, 12)
+    assert set(result) >= {"p50_ms", "p95_ms", "fps", "memcpy_ms", "shm_p50_over_memcpy"}
+    assert result["latency_samples"] >= 1 and result["fps"] > 0
+    assert 0 < result["p50_ms"] <= result["p95_ms"]
+    assert result["shm_p50_over_memcpy"] == pytest.approx(result["p50_ms"] / result["memcpy_ms"])
