@@ -206,13 +206,15 @@ class Daemon:
                 time.sleep(0.05)
 
     def _step(self) -> None:
+        frame = self._slot.get(0.05)
+        # Changes are taken after the frame arrived: anything accepted before it was received
+        # applies to it (a prompt change shows in the next processed frame).
         self._poll_build()
         self._apply_changes()
         if self._stages_dirty:
             self._stages_dirty = False
             self._pre = self._make_pre(self._built, self._pre.device)
             self._post = PostProcessor(self.preset.output_format)
-        frame = self._slot.get(0.05)
         if frame is None:
             if not self._slot.closed:
                 self._idle_fallback()

@@ -72,6 +72,7 @@ class SourceWorker:
         self._thread: threading.Thread | None = None
         self.last_frame_ns: int | None = None
         self.connected = False
+        self._failed = False  # an error was reported; cleared by the next good frame
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sdbridge-source", daemon=True)
@@ -129,7 +130,8 @@ class SourceWorker:
             self._close()
             self._stop.wait(self._backoff.next())
             return
-        if not self.connected:
+        if self._failed:
+            self._failed = False
             _clear_error(self._state, "source")
         self.connected = True
         self._backoff.reset()
@@ -140,6 +142,7 @@ class SourceWorker:
 
     def _report(self, exc: BaseException, what: str) -> None:
         self.connected = False
+        self._failed = True
         self._stats.count("source_errors")
         if isinstance(exc, SdbridgeError):
             log.warning("%s %s: %s", what, self.config.kind, exc)

@@ -1,0 +1,295 @@
+"""The daemon in-process: real shared memory in and out, identity and parameter-revealing
+pipelines, live changes between frames, rebuilds, pause, preset loads, clean stop."""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bridge.config import DEFAULT_PRESET, TransportConfig, validate_preset
+from bridge.errors import ConfigError, FrameTimeout
+from bridge.frame import Frame, PixelFormat
+from bridge.io.base import FrameSink, FrameSource
+from bridge.io.shared_memory import SharedMemorySink, SharedMemorySource
+from bridge.io.test_pattern import render_rgb, to_pixel_format
+from bridge.runtime.daemon import Daemon
+from bridge.runtime.pipelines import IdentityPipeline, identity_factory
+
+
+def _name(tag: str) -> str:
+    return f"sdbt-{tag}-{secrets.token_hex(3)}"
+
+
+def _preset(**changes: Any):
+    raw = dict(DEFAULT_PRESET, control={"enabled": False}, **changes)
+    return validate_preset(raw)
+
+
+def _wait(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class QueueSource(FrameSource):
+    """Frames pushed by the test, one receive each."""
+
+    kind = "queue"
+
+    def __init__(self) -> None:
+        self.frames: queue.Queue[Frame] = queue.Queue()
+
+    def receive(self, timeout: float) -> Frame:
+        try:
+            return self.frames.get(timeout=timeout)
+        except queue.Empty:
+            raise FrameTimeout("no frame pushed", fix="push one") from None
+
+    def push(self, seq: int, value: int = 100, size: int = 64) -> None:
+        pixels = np.full((size, size, 3), value, np.uint8)
+        self.frames.put(Frame(pixels, PixelFormat.RGB, seq=seq))
+
+
+class CaptureSink(FrameSink):
+    kind = "capture"
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.closed = False
+
+    def send(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def by_seq(self, seq: int) -> Frame | None:
+        return next((f for f in reversed(self.frames) if f.seq == seq), None)
+
+
+class GuidancePipeline(IdentityPipeline):
+    """Output is a flat image whose value is guidance_scale / 20: shows the parameters a
+    frame was processed with. Counts builds through the factory below."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        super().__init__(int(params["frame_buffer_size"]))
+        self.params = dict(params)
+
+    def process(self, images: torch.Tensor | None) -> torch.Tensor:
+        assert images is not None
+        return torch.full_like(images, self.params["guidance_scale"] / 20.0)
+
+
+def _manual_daemon(factory=None, **preset_changes: Any):
+    source, sink = QueueSource(), CaptureSink()
+    preset = _preset(output_format="RGB", **preset_changes)
+    daemon = Daemon(preset, pipeline_factory=factory or (lambda p, params: GuidancePipeline(params)),
+                    source_factory=lambda cfg: source, sink_factory=lambda cfg: sink)
+    assert daemon.start()
+    return daemon, source, sink
+
+
+def _value(frame: Frame) -> int:
+    return int(frame.pixels[0, 0, 0])
+
+
+def test_identity_shm_to_shm_keeps_pixels_and_seq():
+    name_in, name_out = _name("in"), _name("out")
+    writer = SharedMemorySink(name_in)
+    writer.open()
+    preset = _preset(source={"kind": "shm", "name": name_in},
+                     sink=[{"kind": "shm", "name": name_out}], output_format="BGRA")
+    daemon = Daemon(preset, pipeline_factory=identity_factory)
+    assert daemon.start()
+    reader = SharedMemorySource(name_out)
+    sent: dict[int, np.ndarray] = {}
+    got: dict[int, np.ndarray] = {}
+    try:
+        for seq in range(1, 400):
+            pixels = to_pixel_format(render_rgb(64, 64, seq), PixelFormat.BGRA)
+            sent[seq] = pixels
+            writer.send(Frame(pixels, PixelFormat.BGRA, seq=seq))
+            time.sleep(0.01)
+            try:
+                frame = reader.receive(0.0)
+                got[frame.seq] = frame.pixels.copy()
+            except Exception:  # noqa: BLE001 - stream not there yet / no new frame
+                pass
+            if len(got) >= 10:
+                break
+        assert len(got) >= 10, "frames did not flow shm -> daemon -> shm"
+        for seq, pixels in got.items():
+            np.testing.assert_array_equal(pixels, sent[seq])
+        stats = daemon.get_stats()
+        assert stats["counters"]["frames_out"] >= 10 and stats["status"] == "running"
+        assert stats["latency_ms"]["end_to_end"]["count"] >= 10
+    finally:
+        reader.close()
+        daemon.stop()
+        writer.close()
+    if sys.platform.startswith("linux"):
+        assert not Path("/dev/shm", name_out).exists(), "stop() must unlink the output segment"
+
+
+def test_live_change_shows_in_the_next_processed_frame():
+    daemon, source, sink = _manual_daemon()
+    try:
+        source.push(1)
+        first = _wait(lambda: sink.by_seq(1), what="frame 1")
+        assert _value(first) == round(1.2 / 20 * 255)
+        result = daemon.set({"guidance_scale": 10.0})
+        assert result["pending_rebuild"] == []
+        source.push(2)
+        second = _wait(lambda: sink.by_seq(2), what="frame 2")
+        assert _value(second) == round(10.0 / 20 * 255)
+        assert daemon.get_state()["version"] == result["version"]
+    finally:
+        daemon.stop()
+    assert sink.closed
+
+
+def test_bursts_of_changes_coalesce_last_writer_wins():
+    daemon, source, sink = _manual_daemon()
+    try:
+        for value in (2.0, 4.0, 6.0, 8.0):
+            daemon.set({"guidance_scale": value})
+        source.push(1)
+        frame = _wait(lambda: sink.by_seq(1), what="frame 1")
+        assert _value(frame) == round(8.0 / 20 * 255)
+    finally:
+        daemon.stop()
+
+
+def test_rebuild_change_sends_fallback_then_new_size():
+    builds: list[dict[str, Any]] = []
+    gate = threading.Event()
+
+    def factory(preset, params):
+        builds.append(dict(params))
+        if len(builds) > 1:
+            gate.wait(10)  # hold the rebuild so the test can see the fallback output
+        return GuidancePipeline(params)
+
+    statuses: list[str] = []
+    daemon, source, sink = _manual_daemon(factory)
+    daemon.add_state_listener(lambda s: statuses.append(s["status"]))
+    try:
+        result = daemon.set({"width": 96, "height": 80})
+        assert set(result["pending_rebuild"]) == {"width", "height"}
+        _wait(lambda: daemon.get_state()["status"] == "rebuilding", what="rebuilding status")
+        source.push(1, value=77)
+        during = _wait(lambda: sink.by_seq(1), what="fallback frame")
+        assert _value(during) == 77  # passthrough while rebuilding
+        gate.set()
+        _wait(lambda: daemon.get_state()["status"] == "running", what="running again")
+        source.push(2)
+        after = _wait(lambda: sink.by_seq(2), what="frame after rebuild")
+        assert after.width == 96 and after.height == 80
+        assert builds[-1]["width"] == 96
+        assert daemon.get_state()["pending_rebuild"] == []
+        assert "rebuilding" in statuses
+    finally:
+        gate.set()
+        daemon.stop()
+
+
+def test_pause_freezes_output_and_resume_continues():
+    daemon, source, sink = _manual_daemon()
+    try:
+        source.push(1)
+        _wait(lambda: sink.by_seq(1), what="frame 1")
+        daemon.pause()
+        daemon.set({"guidance_scale": 20.0})
+        source.push(2, value=5)
+        frozen = _wait(lambda: sink.by_seq(2), what="paused frame")
+        assert _value(frozen) == round(1.2 / 20 * 255)  # the last output, not the input or new params
+        daemon.resume()
+        source.push(3)
+        resumed = _wait(lambda: sink.by_seq(3), what="frame after resume")
+        assert _value(resumed) == 255
+    finally:
+        daemon.stop()
+
+
+def test_load_preset_switches_parameters_and_rejects_bad_files(tmp_path):
+    daemon, source, sink = _manual_daemon()
+    try:
+        good = tmp_path / "good.yaml"
+        good.write_text(yaml.safe_dump(dict(DEFAULT_PRESET, guidance_scale=5.0,
+                                            control={"enabled": False})), encoding="utf-8")
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump(dict(DEFAULT_PRESET, guidance_scale=-1, fit="zoom")),
+                       encoding="utf-8")
+        version = daemon.get_state()["version"]
+        with pytest.raises(ConfigError) as info:
+            daemon.load_preset(str(bad))
+        assert set(info.value.fields) == {"guidance_scale", "fit"}
+        assert daemon.get_state()["version"] == version  # nothing applied
+        result = daemon.load_preset(str(good))
+        assert result["rebuild"] is False
+        source.push(1)
+        frame = _wait(lambda: sink.by_seq(1), what="frame after preset load")
+        assert _value(frame) == round(5.0 / 20 * 255)
+    finally:
+        daemon.stop()
+
+
+def test_source_failure_reconnects_and_sink_gets_fallback():
+    class FlakySource(QueueSource):
+        opened = 0
+
+        def open(self) -> None:
+            FlakySource.opened += 1
+            if FlakySource.opened == 2:
+                raise FrameTimeout("cannot open yet", fix="wait")
+
+        def receive(self, timeout: float) -> Frame:
+            frame = super().receive(timeout)
+            if frame.seq == 2:
+                raise ConnectionError("source unplugged")
+            return frame
+
+    source, sink = FlakySource(), CaptureSink()
+    daemon = Daemon(_preset(output_format="RGB", fallback_output="black"),
+                    pipeline_factory=lambda p, params: GuidancePipeline(params),
+                    source_factory=lambda cfg: source, sink_factory=lambda cfg: sink)
+    assert daemon.start()
+    try:
+        source.push(1)
+        _wait(lambda: sink.by_seq(1), what="frame 1")
+        source.push(2)  # breaks the source: closed, reopened after a failed attempt
+        fallback = _wait(lambda: sink.by_seq(-1), what="fallback frame while the source is gone")
+        assert _value(fallback) == 0  # black
+        assert daemon.get_state()["last_error"]["where"] == "source"
+        source.push(3)
+        _wait(lambda: sink.by_seq(3), what="frames again after reconnect")
+        assert FlakySource.opened >= 3
+        assert daemon.get_state()["last_error"] is None
+    finally:
+        daemon.stop()
+
+
+def test_start_failure_raises_the_build_error():
+    def broken(preset, params):
+        raise ConfigError([], context="no such model")
+
+    daemon = Daemon(_preset(), pipeline_factory=broken, source_factory=lambda c: QueueSource(),
+                    sink_factory=lambda c: CaptureSink())
+    with pytest.raises(ConfigError, match="no such model"):
+        daemon.start()
+    assert daemon.get_state()["status"] == "error"
