@@ -192,10 +192,10 @@ class ControlServer:
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
                 self._flush_states()
-                now = time.monotonic()
-                if now >= next_stats:
+                if time.monotonic() >= next_stats:
                     self._publish_stats()
-                    next_stats = max(next_stats + self.stats_interval, now + self.stats_interval / 2)
+                    # From the actual publish time: a late tick never causes a burst (<= 2 Hz).
+                    next_stats = time.monotonic() + self.stats_interval
         except Exception:
             log.exception("control server loop crashed")
             raise
