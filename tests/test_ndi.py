@@ -211,7 +211,7 @@ def test_unknown_source_name_lists_what_was_found() -> None:
         _wait_visible(name)
         missing = _unique_name("missing")
         with pytest.raises(SourceNotFoundError) as info:
-            ndi.NDISource(missing, timeout=1.5).open()
+            ndi.NDISource(missing, timeout=3.0).open()
     finally:
         _stop(peer)
     text = str(info.value)
