@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bridge.commands.ctl",
     "bridge.commands.doctor",
     "bridge.commands.models",
+    "bridge.commands.engines",
     "bridge.commands.demo",
     "bridge.commands.probe",
 )

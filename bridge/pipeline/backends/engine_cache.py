@@ -313,5 +313,5 @@ def artefact_key(components: Any, module: str, *, artefact: str, batch: int,
         "loras": normalise_loras(loras) if module == "unet" else [],
         "tiny_vae": is_tiny_vae(components), "batch": int(batch),
         "hw_range": [int(hw_range[0]), int(hw_range[1])], "precision": precision,
-        "runtime": dict(runtime),
+        **dict(runtime),  # flat: `sdbridge doctor` reads key["tensorrt"]
     }
