@@ -77,13 +77,13 @@ def test_osc_messages_set_parameters_and_state_is_echoed(rig: Any) -> None:
     client.send_message("/sdbridge/guidance_scale", 1.4)
     assert echo.wait_for("/sdbridge/version", (2,)) == (2,)
     client.send_message("/sdbridge/similarity_filter", 1)
-    client.send_message("/sdbridge/seed", 42.0)  # control surfaces send floats for everything
+    client.send_message("/sdbridge/seed", 16777216.0)  # surfaces send floats for everything
     state = json.loads(echo.wait_for("/sdbridge/state")[0])
     while state["version"] < 4:
         state = json.loads(echo.wait_for("/sdbridge/state")[0])
     params = target.get_state()["params"]
     assert params["prompt"] == "a neon fox" and params["guidance_scale"] == 1.4  # float32 noise removed
-    assert params["similarity_filter"] is True and params["seed"] == 42
+    assert params["similarity_filter"] is True and params["seed"] == 2**24
     assert state["params"] == params
 
 

@@ -25,7 +25,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from bridge.control.security import endpoint_is_local
 from bridge.control.target import ControlTarget
 from bridge.errors import ConfigError, ControlError, Problem, SdbridgeError
-from bridge.params import PARAMS
+from bridge.params import PARAMS, PARAMS_BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,15 @@ class OscAdapter:
 
     # --------------------------------------------------------------- handlers
     def _param_handler(self, name: str) -> Callable[..., None]:
+        float_param = PARAMS_BY_NAME[name].type == "float"
+
         def handle(address: str, *args: Any) -> None:
             if len(args) != 1:
                 self._fail(address, ControlError(f"{address} takes exactly one argument, got {len(args)}",
                                                  fix=f"send {address} with one value"))
                 return
             value = args[0]
-            if isinstance(value, float):  # OSC floats are float32: drop the binary noise
+            if isinstance(value, float) and float_param:  # OSC floats are float32: drop the noise
                 value = float(f"{value:.7g}")
             self._call(address, lambda: self.target.set({name: value}))
 

@@ -131,16 +131,18 @@ class ControlServer:
             self._remove_listener = None
         self._stop.set()
         self._poke()
+        stuck = False
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            stuck = self._thread.is_alive()
+            if stuck:  # its sockets stay open: terminating the context would block forever
                 log.error("control thread did not stop within %.1f s", timeout)
             self._thread = None
         else:
             self._close_sockets()
         for sock in (self._wake_r, self._wake_w):
             sock.close()
-        if self._own_context and not self._ctx.closed:
+        if self._own_context and not stuck and not self._ctx.closed:
             self._ctx.term()
 
     def _close_sockets(self) -> None:
@@ -181,9 +183,9 @@ class ControlServer:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        self._publish("state", self.target.get_state())  # late joiners also poll get_state
         next_stats = time.monotonic() + self.stats_interval
         try:
+            self._publish("state", self.target.get_state())  # late joiners also poll get_state
             while not self._stop.is_set():
                 wait_ms = max(0.0, next_stats - time.monotonic()) * 1000
                 events = dict(poller.poll(wait_ms))
