@@ -183,6 +183,13 @@ def test_loopback_is_the_default_and_classification() -> None:
     assert "allow_remote" in str(info.value)
 
 
+def test_bad_endpoints_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as info:
+        ControlServer(StateTarget(), "127.0.0.1:5555", "tcp//x")
+    assert info.value.fields == ["command_endpoint", "event_endpoint"]
+    assert "tcp://HOST:PORT" in str(info.value)
+
+
 def test_remote_bind_without_keys_is_refused() -> None:
     with pytest.raises(ConfigError, match="without authentication") as info:
         ControlServer(StateTarget(), "tcp://0.0.0.0:*", "tcp://0.0.0.0:*", allow_remote=True)

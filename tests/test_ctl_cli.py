@@ -115,6 +115,7 @@ def test_keygen_and_curve_from_the_cli(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     files = json.loads(out.stdout)["result"]
     assert Path(files["public"]).name == "server.key" and Path(files["secret"]).is_file()
+    assert Path(files["secret"]).stat().st_mode & 0o077 == 0  # secret key not group/world readable
     authorized = tmp_path / "authorized"
     authorized.mkdir()
     client_pub, client_secret = zmq.auth.create_certificates(tmp_path, "client")

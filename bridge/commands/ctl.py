@@ -196,6 +196,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
     args.dir.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(args.dir, args.name)
+    os.chmod(secret, 0o600)  # the secret key is a credential: owner-only
     if args.json:
         print(json.dumps({"ok": True, "result": {"public": public, "secret": secret}}))
     else:

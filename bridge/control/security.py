@@ -43,11 +43,12 @@ def endpoint_is_local(endpoint: str) -> bool:
         return False
 
 
-def check_endpoint_syntax(field: str, endpoint: str) -> None:
-    if not isinstance(endpoint, str) or not (
-            _TCP.match(endpoint) or endpoint.startswith(("ipc://", "inproc://"))):
-        raise ConfigError(Problem(field, endpoint, "not a ZeroMQ endpoint",
-                                  "use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555) or ipc://PATH"))
+def endpoint_problem(field: str, endpoint: object) -> Problem | None:
+    if isinstance(endpoint, str) and (_TCP.match(endpoint)
+                                      or endpoint.startswith(("ipc://", "inproc://"))):
+        return None
+    return Problem(field, endpoint, "not a ZeroMQ endpoint",
+                   "use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555) or ipc://PATH")
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,7 @@ def build_security(endpoints: dict[str, str], *, allow_remote: bool = False,
                    curve_authorized_keys_dir: str | Path | None = None,
                    token: str | None = None) -> Security:
     """Check the whole security configuration at once; raise ConfigError listing problems."""
-    problems: list[Problem] = []
-    for field, endpoint in endpoints.items():
-        check_endpoint_syntax(field, endpoint)
+    problems = [p for f, e in endpoints.items() if (p := endpoint_problem(f, e)) is not None]
     if token is not None and (not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH):
         problems.append(Problem("token", "<hidden>", f"must be a string of at least "
                                 f"{MIN_TOKEN_LENGTH} characters",
@@ -90,7 +89,8 @@ def build_security(endpoints: dict[str, str], *, allow_remote: bool = False,
                                 "set both (create keys with: sdbridge ctl keygen NAME --dir DIR)"))
     elif curve_secret_key_file is not None and curve_authorized_keys_dir is not None:
         curve = _load_curve(Path(curve_secret_key_file), Path(curve_authorized_keys_dir), problems)
-    remote = [f for f, e in endpoints.items() if not endpoint_is_local(e)]
+    remote = [f for f, e in endpoints.items()
+              if endpoint_problem(f, e) is None and not endpoint_is_local(e)]
     for field in remote:
         if not allow_remote:
             problems.append(Problem(field, endpoints[field], "not a loopback address",
