@@ -126,3 +126,8 @@ def test_keygen_and_curve_from_the_cli(tmp_path: Path) -> None:
         out = ctl("--endpoint", server.command_endpoint, "--server-key", files["public"],
                   "--client-key", client_secret, "ping", "--json")
         assert out.returncode == 0 and json.loads(out.stdout)["result"]["pong"] is True
+
+
+def test_watch_with_count_fails_clearly_when_no_daemon() -> None:
+    out = ctl("--events", "tcp://127.0.0.1:1", "--timeout", "0.5", "watch", "--count", "1", "--json")
+    assert out.returncode == 2 and json.loads(out.stdout)["error"]["code"] == "timeout"

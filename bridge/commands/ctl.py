@@ -132,16 +132,25 @@ def _print_human(action: str, result: dict[str, Any]) -> None:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from bridge.control.client import EventSubscriber
+    from bridge.control.client import ControlTimeout, EventSubscriber
 
     endpoint = args.events or events_endpoint_for(args.endpoint)
     topics = tuple(t.strip() for t in args.topics.split(",") if t.strip())
     live_line = sys.stdout.isatty() and not args.json
     seen = 0
+    wait = args.timeout if args.count else max(args.timeout, 5.0)
     with EventSubscriber(endpoint, topics, curve_server_key=args.server_key,
                          curve_client_key=args.client_key) as sub:
         while not args.count or seen < args.count:
-            topic, payload = sub.recv(timeout=max(args.timeout, 5.0))
+            try:
+                topic, payload = sub.recv(timeout=wait)
+            except ControlTimeout:
+                if args.count:  # a script waiting for N events wants an error, not a hang
+                    raise
+                # Watching forever: SUB reconnects by itself when the daemon comes back.
+                print(f"no events from {endpoint} for {wait:g} s "
+                      "(daemon down?); still waiting", file=sys.stderr, flush=True)
+                continue
             seen += 1
             if args.json:
                 print(json.dumps({"topic": topic, "data": payload}), flush=True)
