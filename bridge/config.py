@@ -33,6 +33,7 @@ from bridge.errors import ConfigError, Problem
 from bridge.params import PARAMS, PARAMS_BY_NAME, validate_changes
 
 PRESET_VERSION = 1
+MAX_PRESET_BYTES = 1 << 20
 FIT_MODES = ("crop", "letterbox", "stretch")
 FALLBACK_OUTPUTS = ("passthrough", "last", "black")
 ACCELERATIONS = ("none", "compile", "onnxruntime", "tensorrt")
@@ -437,7 +438,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def read_preset_file(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     try:
+        # Only regular, small files: a control client's load_preset must not make the daemon
+        # read /dev/zero or a multi-GB file.
+        if not file.is_file():
+            raise ConfigError(Problem("--preset", str(path), "not a regular file",
+                                      "pass a preset .yaml file, e.g. presets/cpu-demo.yaml"))
+        if file.stat().st_size > MAX_PRESET_BYTES:
+            raise ConfigError(Problem("--preset", str(path), f"larger than {MAX_PRESET_BYTES} bytes",
+                                      "a preset is a short YAML file; check the path"))
         text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(Problem("--preset", str(path), "not UTF-8 text",
+                                  "save the preset as UTF-8 YAML")) from exc
     except OSError as exc:
         raise ConfigError(Problem("--preset", str(path), f"cannot read: {exc.strerror}",
                                   "pass an existing preset file, e.g. presets/cpu-demo.yaml")) from exc

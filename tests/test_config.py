@@ -97,7 +97,7 @@ def test_missing_required_parts_and_bad_yaml(tmp_path):
     bad.write_text("version: 1\nmodel: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_preset(bad)
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="not a regular file"):
         load_preset(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="must be 1|<= 1"):
         validate_preset(dict(DEFAULT_PRESET, version=2))

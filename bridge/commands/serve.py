@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -77,14 +78,17 @@ def run(args: argparse.Namespace, preset: Any = None) -> int:
     return serve(preset, identity=args.identity)
 
 
-def serve(preset: Any, *, identity: bool = False) -> int:
-    """Run until a signal; returns the exit code."""
+def serve(preset: Any, *, identity: bool = False, pipeline_factory: Any = None) -> int:
+    """Run until a signal; returns the exit code. ``pipeline_factory`` replaces the model
+    (tests and benchmarks run the real daemon around a stand-in pipeline)."""
     from bridge.runtime.daemon import Daemon
     from bridge.runtime.pipelines import identity_factory, stream_batch_factory
 
     stop = threading.Event()
     previous = _install_signal_handlers(stop)
-    daemon = Daemon(preset, pipeline_factory=identity_factory if identity else stream_batch_factory)
+    if pipeline_factory is None:
+        pipeline_factory = identity_factory if identity else stream_batch_factory
+    daemon = Daemon(preset, pipeline_factory=pipeline_factory)
     adapters: list[Any] = []
     try:
         log.info("loading %s", "identity pipeline" if identity else f"model {preset.model.id}")
@@ -104,6 +108,14 @@ def serve(preset: Any, *, identity: bool = False) -> int:
         daemon.stop(max(1.0, SHUTDOWN_BUDGET_S - (time.monotonic() - started)))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if daemon.running:
+            # A model call cannot be interrupted. Sinks are closed and shared memory unlinked;
+            # letting the interpreter tear torch down under a running op would abort (SIGABRT),
+            # so leave now with the exit code the user asked for.
+            log.warning("a model call is still running: exiting without waiting for it")
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)
 
 
 def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:

@@ -41,6 +41,15 @@ IDLE_FALLBACK_PERIOD_S = 0.1  # while it is gone, sinks still get a fallback fra
 ERROR_BACKOFF_S = (0.5, 30.0)  # first and largest delay before rebuilding after failures
 
 
+def _stack_of(thread: threading.Thread) -> str:
+    """Where a thread is stuck, for the shutdown log."""
+    import sys
+    import traceback
+
+    frame = sys._current_frames().get(thread.ident or -1)  # noqa: SLF001 - diagnostics only
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+
+
 class _Build:
     """One pipeline build on a daemon thread (a model load cannot be interrupted; at shutdown
     the process must not wait for it)."""
@@ -137,7 +146,7 @@ class Daemon:
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic() - 0.5))
             if self._thread.is_alive():
-                log.error("inference thread still busy at shutdown")
+                log.error("inference thread still busy at shutdown:\n%s", _stack_of(self._thread))
         self.sinks.stop(max(0.1, deadline - time.monotonic()))
         if self._pipeline is not None:
             self._pipeline.close()

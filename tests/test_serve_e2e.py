@@ -1,0 +1,68 @@
+"""End to end with real processes: `sdbridge serve` on presets/cpu-demo.yaml (tiny model,
+test pattern, shared-memory sink) in a child process; this test process is the client: it
+sets a prompt over ZeroMQ, sees the `state` event with the new version, sees frames continue
+in shared memory, then stops the daemon with SIGTERM."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import sys
+
+import pytest
+
+from bridge.control.client import ControlClient, EventSubscriber
+from daemon_peer import ServeProcess, read_frames, segment_exists
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    name = f"sdbt-e2e-{secrets.token_hex(3)}"
+    proc = ServeProcess(["-m", "bridge", "serve", "--preset", "presets/cpu-demo.yaml"],
+                        overrides=[f"sink.0.name={name}", "source.fps=15"],
+                        log_path=tmp_path_factory.mktemp("serve") / "serve.log")
+    try:
+        proc.wait_ready()
+        yield proc, name
+    finally:
+        if proc.proc.poll() is None:  # a failed test left it running
+            proc.stop(signal.SIGTERM)
+
+
+def test_prompt_change_reaches_state_event_and_frames_continue(served):
+    proc, name = served
+    before = read_frames(name, 2)
+    last_seq = max(f.seq for f in before)
+    assert all((f.width, f.height) == (64, 64) for f in before)
+    with EventSubscriber(proc.events, ("state",)) as events, \
+            ControlClient(proc.command, timeout=10.0) as client:
+        # The PUB socket drops messages until the subscription has propagated: poke the state
+        # until one event arrives, then make the change under test.
+        client.resume()
+        events.recv(10.0)
+        result = client.set(prompt="a red fox in the snow")
+        assert result["applied"] == {"prompt": "a red fox in the snow"}
+        for _ in range(50):
+            topic, state = events.recv(10.0)
+            if state["version"] >= result["version"]:
+                break
+        assert topic == "state" and state["version"] >= result["version"]
+        assert state["params"]["prompt"] == "a red fox in the snow"
+        after = read_frames(name, 3, accept=lambda f: f.seq > last_seq)
+        assert len({f.seq for f in after}) == 3
+        stats = client.get_stats()
+    assert stats["status"] == "running" and stats["counters"]["frames_out"] > 0
+    assert stats["pipeline"]["model"] == "tiny"
+    assert stats["latency_ms"]["pipeline"]["count"] > 0
+
+
+def test_sigterm_exits_zero_quickly_and_unlinks_shared_memory(served):
+    proc, name = served
+    assert segment_exists(name) or not sys.platform.startswith("linux")
+    code, elapsed = proc.stop(signal.SIGTERM, timeout=5.0)
+    assert code == 0, proc.log()
+    assert elapsed < 5.0
+    if sys.platform.startswith("linux"):
+        assert not segment_exists(name)
