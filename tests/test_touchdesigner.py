@@ -214,9 +214,10 @@ def test_control_over_osc_out_dat(daemon: dict[str, Any]) -> None:
     assert ctl.set(prompt="from touchdesigner osc", guidance_scale=1.7) == {
         "sent": ["guidance_scale", "prompt"]}
     client: ControlClient = daemon["client"]
-    wait_until(lambda: client.get_state()["params"]["prompt"] == "from touchdesigner osc" or None,
-               "the OSC prompt to reach the daemon")
-    assert client.get_state()["params"]["guidance_scale"] == pytest.approx(1.7)
+    # one UDP message per parameter: wait for both (they are applied in arrival order)
+    wait_until(lambda: (client.get_state()["params"]["prompt"] == "from touchdesigner osc"
+                        and abs(client.get_state()["params"]["guidance_scale"] - 1.7) < 1e-6) or None,
+               "the OSC prompt and guidance to reach the daemon")
     ctl.pause()
     wait_until(lambda: client.get_state()["paused"] or None, "OSC pause")
     ctl.resume()
