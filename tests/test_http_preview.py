@@ -337,3 +337,37 @@ def test_controls_without_target_explain_fix() -> None:
         assert target.get_state()["params"]["delta"] == 0.5
     finally:
         s.close()
+
+
+# -- in a real daemon ----------------------------------------------------------------------------
+
+def test_daemon_serves_its_output_and_the_form_drives_it() -> None:
+    """Test pattern -> identity daemon -> http sink, with the daemon as the form's target (the
+    daemon hands itself to sinks that have ``attach_control``)."""
+    from bridge.config import validate_preset
+    from bridge.runtime.daemon import Daemon
+    from bridge.runtime.pipelines import identity_factory
+
+    preset = validate_preset({
+        "version": 1, "model": {"id": "tiny", "device": "cpu", "dtype": "float32"},
+        "width": 64, "height": 64, "source": {"kind": "test_pattern", "width": 64, "height": 64,
+                                              "fps": 30},
+        "sink": [{"kind": "http", "port": 0, "controls": True}], "control": {"enabled": False}})
+    daemon = Daemon(preset, pipeline_factory=identity_factory)
+    daemon.start()
+    try:
+        sink = daemon.sinks.sinks[0]
+        assert isinstance(sink, HttpPreviewSink)
+        if sink._control is None:  # until the daemon injects itself, do what it should do
+            sink.attach_control(daemon)
+        reader = MjpegReader(sink.port)
+        try:
+            first, second = decode(reader.next_part()), decode(reader.next_part())
+            assert first.shape == (64, 64, 3) and not np.array_equal(first, second)  # moving bars
+        finally:
+            reader.close()
+        status, reply = post_set(sink.port, {"changes": {"prompt": "from the form"}})
+        assert status == 200 and reply["ok"] is True
+        assert daemon.get_state()["params"]["prompt"] == "from the form"
+    finally:
+        daemon.stop()
