@@ -13,6 +13,7 @@ from typing import Any
 
 # Target modules must not import torch or vendor SDKs at module level (keeps --help fast).
 TARGETS: dict[str, str] = {
+    "pipeline": "bridge.bench.pipeline",
     "transport": "bridge.bench.transport",
 }
 
