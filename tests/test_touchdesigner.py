@@ -195,7 +195,8 @@ def test_frames_round_trip_through_sdbridge_serve(daemon: dict[str, Any]) -> Non
         def round_trip() -> bool:
             td.cook_input(source, stream=daemon["in"], key="/in")
             td.cook_output(viewer, stream=daemon["out"], key="/out")
-            return bool(viewer.copied)
+            # before our first frame arrives the daemon sends its black idle fallback
+            return bool(viewer.copied) and int(viewer.copied[-1][:, :, :3].max()) > 100
 
         wait_until(round_trip, "a processed frame back from the daemon")
         out = viewer.copied[-1].astype(int)  # TouchDesigner orientation: bottom row first
