@@ -66,7 +66,7 @@ def test_identity_is_stable_and_distinguishes(tiny) -> None:
     again = load_components(ModelSpec("tiny"), progress=False)
     assert again.identity == tiny.identity and len(tiny.identity["weights"]) == 16
     with_vae = load_components(ModelSpec("tiny", tiny_vae="tiny"), progress=False)
-    assert with_vae.identity["weights"] != tiny.identity["weights"]
+    assert with_vae.identity["tiny_vae_weights"] and with_vae.identity != tiny.identity
     assert type(with_vae.vae).__name__ == "AutoencoderTiny" and with_vae.vae_scale_factor == 8
     xl = load_components(ModelSpec("tiny-sdxl", family="sdxl", dtype="bfloat16"), progress=False)
     assert xl.family == "sdxl" and xl.text_encoder_2 is not None and len(xl.tokenizer_2) >= 100
@@ -153,8 +153,14 @@ def test_lcm_lora_is_fused(tmp_path: Path, tiny) -> None:
     changed = [n for (n, a), (_, b) in zip(fused.unet.named_parameters(), tiny.unet.named_parameters())
                if not torch.equal(a, b)]
     assert changed and all(".attn" in n for n in changed)
-    assert fused.identity["lcm_lora"] == str(tmp_path / "lora")
-    assert fused.identity["weights"] != tiny.identity["weights"]
+    ((lora_id, scale),) = fused.identity["loras"]
+    assert lora_id.startswith(str(tmp_path / "lora") + "@") and scale == 1.0
+    assert fused.identity["weights"] == tiny.identity["weights"]  # base weights; LoRA keyed apart
+    from bridge.pipeline.backends.engine_cache import artefact_key
+
+    keys = [artefact_key(c, "unet", artefact="onnx", batch=2, hw_range=(256, 512),
+                         precision="fp32", runtime={}) for c in (tiny, fused)]
+    assert keys[0] != keys[1] and keys[1]["loras"] == [[lora_id, 1.0]]
     half = load_components(ModelSpec("tiny", lcm_lora=str(tmp_path / "lora"), lcm_lora_scale=0.5),
                            progress=False)
     assert half.identity != fused.identity

@@ -145,19 +145,24 @@ def load_components(spec: ModelSpec, progress: bool = True) -> Components:
     for field in ("tokenizer", "tokenizer_2"):
         if parts.get(field) is not None:
             check_tokenizer(parts[field], field)
+    loras: list[list[Any]] = []
     if spec.lcm_lora:
-        files += _fuse_lora(parts, family, spec)
+        # Content hash in the id: the same path with other weights must not hit old engines.
+        lora_hash = _hash_files(_fuse_lora(parts, family, spec))
+        loras = [[f"{spec.lcm_lora}@{lora_hash}", spec.lcm_lora_scale]]
+    vae_hash = None
     if spec.tiny_vae:
         parts["vae"], vae_files = _load_tiny_vae(spec.tiny_vae, dtype)
-        files += vae_files
+        vae_hash = _hash_files(vae_files)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if parts.get(name) is not None:
             # Already in dtype (torch_dtype at load); a second cast makes diffusers warn.
             parts[name] = parts[name].to(device=device).eval().requires_grad_(False)
+    # Shape shared with the engine cache (backends/engine_cache.py): base weights hash, and
+    # LoRAs as [[id, scale]] (they only key UNet artefacts).
     identity = {"model": spec.id_or_path, "weights": _hash_files(files), "family": family,
-                "dtype": spec.dtype, "lcm_lora": spec.lcm_lora,
-                "lcm_lora_scale": spec.lcm_lora_scale if spec.lcm_lora else None,
-                "tiny_vae": spec.tiny_vae}
+                "dtype": spec.dtype, "loras": loras, "tiny_vae": spec.tiny_vae,
+                "tiny_vae_weights": vae_hash}
     return Components(unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
                       tokenizer=parts["tokenizer"], scheduler=parts["scheduler"], family=family,
                       step_kind=spec.resolved_step_kind(),  # type: ignore[arg-type]
