@@ -106,8 +106,9 @@ class Layout:
     def build(cls, width: int, height: int, pixel_format: str, slots: int, capacity: int = 0) -> "Layout":
         fmt = check_pixel_format(pixel_format)
         for field, value in (("width", width), ("height", height)):
-            if not isinstance(value, int) or not 0 < value <= 16384:
+            if not isinstance(value, (int, np.integer)) or not 0 < value <= 16384:
                 raise ShmFormatError(f"{field}={value!r} is out of range", fix="use 1..16384 pixels")
+        width, height = int(width), int(height)
         if fmt == "UYVY" and width % 2:
             raise ShmFormatError(f"width={width}: UYVY needs an even width", fix="crop or pad to even width")
         if not isinstance(slots, int) or not MIN_SLOTS <= slots <= 64:
@@ -287,7 +288,7 @@ class ShmWriter:
         if ts < 0 or (seq is not None and not 0 <= int(seq) < 2**64):
             raise ShmFormatError(f"timestamp_ns={ts} / seq={seq} must be unsigned 64-bit integers",
                                  fix="pass non-negative integers")
-        seg = self._live()
+        seg = self._owned()
         layout = seg.layout
         assert layout is not None and seg.slot_hdr is not None
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 3 \
@@ -299,9 +300,6 @@ class ShmWriter:
         if pixels.shape[:2] != (layout.height, layout.width):
             self.resize(int(pixels.shape[1]), int(pixels.shape[0]))
             return self.write(pixels, ts, seq)
-        if int(seg.h64[_INSTANCE]) != self._instance:
-            raise ShmProtocolError(f"another writer took over stream {self.name!r}",
-                                   fix="run exactly one writer per stream name")
         index = self._written + 1
         k = self._written % layout.slot_count
         odd = self._slot_seq[k] + 1
@@ -321,7 +319,7 @@ class ShmWriter:
 
     def resize(self, width: int, height: int, pixel_format: str | None = None) -> int:
         """Change size/format: a new header generation. Returns the new generation."""
-        fmt = self._live().layout.pixel_format if pixel_format is None else pixel_format  # type: ignore[union-attr]
+        fmt = self._owned().layout.pixel_format if pixel_format is None else pixel_format  # type: ignore[union-attr]
         self._setup(Layout.build(width, height, fmt, self._slots, self._capacity))
         return self._generation
 
@@ -348,6 +346,13 @@ class ShmWriter:
         if self._seg is None:
             raise ShmError(f"writer for {self.name!r} is closed", fix="create a new ShmWriter")
         return self._seg
+
+    def _owned(self) -> _Segment:
+        seg = self._live()
+        if int(seg.h64[_INSTANCE]) != self._instance:
+            raise ShmProtocolError(f"another writer took over stream {self.name!r}",
+                                   fix="run exactly one writer per stream name")
+        return seg
 
     def _setup(self, layout: Layout) -> None:
         seg, self._seg = self._seg, None
@@ -389,8 +394,9 @@ class ShmWriter:
         shm = _open_untracked(self.name, create=True, size=layout.total_size)
         seg = _Segment(shm, self.name)
         seg.h32[_STATE] = STATE_INITIALISING
-        shm.buf[:8] = MAGIC
         seg.h32[_VERSION] = VERSION
+        self._fence()
+        shm.buf[:8] = MAGIC  # last: a reader that sees the magic sees the version
         return seg
 
     def _retire(self, seg: _Segment) -> None:
@@ -452,6 +458,7 @@ class ShmReader:
         self._seg: _Segment | None = None
         self._instance = self._generation = self._last_index = 0
         self._last_progress = self._next_attach = 0.0
+        self._blank = False
         self.frames_read = self.frames_skipped = self.torn_retries = self.reattaches = 0
 
     @property
@@ -512,6 +519,10 @@ class ShmReader:
         self.close()
 
     def _timeout(self, timeout: float) -> ShmTimeout:
+        if self._seg is None and self._blank:
+            return ShmTimeout(f"stream {self.name!r} exists but its header stayed all zeros for {timeout:.3f}s",
+                              fix="if no sdbridge writer is starting, it is not an sdbridge stream: "
+                                  "choose another name")
         if self._seg is None:
             return ShmTimeout(f"no live stream {self.name!r} within {timeout:.3f}s",
                               fix="start its writer, or check the stream name")
@@ -568,6 +579,11 @@ class ShmReader:
         try:
             seg = _Segment(_open_untracked(self.name, create=False), self.name)
         except FileNotFoundError:
+            return False
+        magic = bytes(seg.shm.buf[:8])
+        self._blank = magic == bytes(8) or (magic == MAGIC and int(seg.h32[_VERSION]) == 0)
+        if self._blank:  # created a moment ago, the writer has not written its header yet
+            seg.close()
             return False
         seg.check_magic()
         parsed = self._parse_header(seg)
