@@ -273,8 +273,9 @@ def test_source_failure_reconnects_and_sink_gets_fallback():
         source.push(1)
         _wait(lambda: sink.by_seq(1), what="frame 1")
         source.push(2)  # breaks the source: closed, reopened after a failed attempt
-        fallback = _wait(lambda: sink.by_seq(-1), what="fallback frame while the source is gone")
-        assert _value(fallback) == 0  # black
+        fallback = _wait(lambda: next((f for f in sink.frames if f.source == "fallback"), None),
+                         what="fallback frame while the source is gone")
+        assert _value(fallback) == 0 and fallback.seq == 1  # black, numbered as the last input
         assert daemon.get_state()["last_error"]["where"] == "source"
         source.push(3)
         _wait(lambda: sink.by_seq(3), what="frames again after reconnect")

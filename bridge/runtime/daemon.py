@@ -110,6 +110,7 @@ class Daemon:
         self._last_input: torch.Tensor | None = None
         self._last_output: torch.Tensor | None = None
         self._last_emit = 0.0
+        self._last_seq = 0
         self._batch: list[Frame] = []
         self._started = time.monotonic()
 
@@ -240,6 +241,7 @@ class Daemon:
         t1 = now_ns()
         self.stats.stage("pre", t1 - t0)
         self._last_input = images[-1:]
+        self._last_seq = frames[-1].seq
         pipeline = self._pipeline
         if self.state.paused:
             out = self._fallback(images, "last")  # paused: a freeze frame, no model work
@@ -295,7 +297,9 @@ class Daemon:
         if base is None:
             base = torch.zeros((1, 3, self._pre.height, self._pre.width), device=self._pre.device)
         images = self._fallback(base)
-        placeholder = Frame(np.zeros((1, 1, 3), np.uint8), PixelFormat.RGB, seq=-1,
+        # Same seq as the last real input (it is that frame again, or black/last output);
+        # transports that number their writes (shm frame_index) still show a live stream.
+        placeholder = Frame(np.zeros((1, 1, 3), np.uint8), PixelFormat.RGB, seq=self._last_seq,
                             timestamp_ns=now_ns(), source="fallback")
         self._emit(self._post(images, [placeholder]))
 

@@ -73,6 +73,7 @@ class SourceWorker:
         self.last_frame_ns: int | None = None
         self.connected = False
         self._failed = False  # an error was reported; cleared by the next good frame
+        self._opened_ns = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sdbridge-source", daemon=True)
@@ -109,7 +110,7 @@ class SourceWorker:
             self._report(exc, "cannot open source")
             return False
         self._source = source
-        self.last_frame_ns = now_ns()  # staleness counts from the (re)connection
+        self._opened_ns = now_ns()  # silence counts from the (re)connection
         log.info("source %s opened", self.config.kind)
         return True
 
@@ -118,8 +119,10 @@ class SourceWorker:
         try:
             frame = self._source.receive(self._receive_timeout)
         except FrameTimeout:
-            idle = (now_ns() - (self.last_frame_ns or 0)) / 1e9
-            self.connected = idle < self._stale_after
+            now = now_ns()
+            self.connected = self.last_frame_ns is not None and \
+                (now - self.last_frame_ns) / 1e9 < self._stale_after
+            idle = (now - max(self.last_frame_ns or 0, self._opened_ns)) / 1e9
             if idle >= self._stale_after * 2:  # long silence: the producer may have restarted
                 log.info("source %s silent for %.1f s: reopening", self.config.kind, idle)
                 self._stats.count("source_reconnects")
