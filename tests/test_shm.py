@@ -236,7 +236,10 @@ def test_writer_killed_mid_frame_never_yields_a_torn_frame(name: str) -> None:
 
 def test_size_and_format_change_is_a_new_generation(name: str) -> None:
     reader = ShmReader(name)
+    with pytest.raises(ShmTimeout, match="does not exist or is not live"):
+        reader.open(timeout=0.02)  # no writer yet
     with ShmWriter(name, 64, 48) as writer:
+        assert reader.open() == reader.open() == writer.layout
         writer.write(np.full((48, 64, 4), 1, np.uint8))
         px, info = reader.read_latest(timeout=5)
         assert px.shape == (48, 64, 4) and info.generation == 1

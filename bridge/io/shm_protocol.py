@@ -472,7 +472,7 @@ class ShmReader:
     def open(self, timeout: float = 0.0) -> Layout:
         """Attach now, waiting up to ``timeout`` seconds for the stream to appear."""
         deadline = time.monotonic() + timeout
-        while not self._attach(force=True):
+        while self._seg is None and not self._attach(force=True):
             if time.monotonic() >= deadline:
                 raise ShmTimeout(f"stream {self.name!r} does not exist or is not live",
                                  fix="start its writer, or check the stream name")
