@@ -91,3 +91,39 @@ def test_page_shows_a_moving_image(browser: object, fed_sink: HttpPreviewSink) -
         assert shot.max() > 200 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 8  # bars, not black
     finally:
         page.close()
+
+
+def test_control_form_applies_changes_and_shows_errors(browser: object) -> None:
+    from bridge.control.target import StateTarget
+
+    target = StateTarget()
+    sink = HttpPreviewSink(port=0, controls=True, control=target)
+    sink.open()
+    page = browser.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(sink.url + "control")
+        # the form is filled from the daemon's state before anything is sent
+        page.wait_for_function("document.forms[0].elements['prompt'].value.length > 0", timeout=20_000)
+        assert page.input_value("[name=prompt]") == target.get_state()["params"]["prompt"]
+        page.fill("[name=prompt]", "typed in the browser")
+        page.fill("[name=guidance_scale]", "2.5")
+        page.fill("[name=t_index_list]", "20, 45")
+        page.check("[name=similarity_filter]")
+        page.click("button[type=submit]")
+        page.wait_for_function("document.getElementById('status').className === 'ok'", timeout=20_000)
+        params = target.get_state()["params"]
+        assert params["prompt"] == "typed in the browser" and params["guidance_scale"] == 2.5
+        assert params["t_index_list"] == [20, 45] and params["similarity_filter"] is True
+        assert params["delta"] == 1.0  # untouched fields are not sent
+        # a number out of its min/max never leaves the browser (HTML constraint validation);
+        # what only the schema knows comes back from the server and is shown
+        page.fill("[name=t_index_list]", "45, 20")
+        page.fill("[name=delta]", "0.5")
+        page.click("button[type=submit]")
+        page.wait_for_function("document.getElementById('status').className === 'err'", timeout=20_000)
+        text = page.text_content("#status") or ""
+        assert "invalid_config" in text and "t_index_list" in text and "ascending" in text
+        assert target.get_state()["params"]["delta"] == 1.0  # all-or-nothing
+    finally:
+        page.close()
+        sink.close()
