@@ -110,6 +110,8 @@ def test_output_source_settings() -> None:
                                          width=768, height=432)
     assert kind == "browser_source"
     assert settings["url"] == "http://127.0.0.1:8090/" and (settings["width"], settings["height"]) == (768, 432)
+    assert set(logic.OUTPUT_SOURCE_NAMES) == {"ndi", "browser"}  # a name for every kind
+    assert len(set(logic.OUTPUT_SOURCE_NAMES.values())) == 2
     for bad in ({"kind": "ndi", "ndi_name": " "}, {"kind": "browser", "preview_url": "127.0.0.1:8090"},
                 {"kind": "spout"}):
         with pytest.raises(ConfigError):

@@ -223,15 +223,16 @@ def _add_output(props: Any, prop: Any) -> bool:
         _log(obs.LOG_WARNING, f"OBS has no '{kind}' source type: install DistroAV for NDI "
                               "(distroav.org), or choose the Browser source")
         return False
-    source = obs.obs_get_source_by_name(logic.OUTPUT_SOURCE_NAME)
+    name = logic.OUTPUT_SOURCE_NAMES[obs.obs_data_get_string(_settings, "output_kind")]
+    source = obs.obs_get_source_by_name(name)
     if source is None:
         data = obs.obs_data_create_from_json(json.dumps(values))
-        source = obs.obs_source_create(kind, logic.OUTPUT_SOURCE_NAME, data, None)
+        source = obs.obs_source_create(kind, name, data, None)
         obs.obs_data_release(data)
     scene_source = obs.obs_frontend_get_current_scene()
     scene = obs.obs_scene_from_source(scene_source)
     obs.obs_scene_add(scene, source)
     obs.obs_source_release(scene_source)
     obs.obs_source_release(source)
-    _log(obs.LOG_INFO, f"added '{logic.OUTPUT_SOURCE_NAME}' ({kind}) to the current scene")
+    _log(obs.LOG_INFO, f"added '{name}' ({kind}) to the current scene")
     return False

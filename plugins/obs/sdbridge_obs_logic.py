@@ -28,7 +28,7 @@ STRENGTHS: dict[str, int] = {"subtle": 40, "medium": 32, "strong": 22}
 LAST_INDEX = 45  # where the schedule of a multi-step preset ends (the default [32, 45])
 NDI_SOURCE_KIND = "ndi_source"  # DistroAV (formerly obs-ndi)
 BROWSER_SOURCE_KIND = "browser_source"
-OUTPUT_SOURCE_NAME = "sdbridge output"
+OUTPUT_SOURCE_NAMES = {"ndi": "sdbridge output (NDI)", "browser": "sdbridge output (browser)"}
 
 
 def bootstrap_paths(script_dir: Path, python_version: tuple[int, int] = sys.version_info[:2]) -> list[str]:
@@ -134,7 +134,8 @@ def ndi_source_name(machine: str, sender: str) -> str:
 
 def output_source(kind: str, *, ndi_name: str = "", preview_url: str = "", width: int = 512,
                   height: int = 512) -> tuple[str, dict[str, Any]]:
-    """(OBS input kind, settings) for the source that shows the daemon's output."""
+    """(OBS input kind, settings) for the source that shows the daemon's output; its name in
+    OBS is ``OUTPUT_SOURCE_NAMES[kind]`` (one per kind, so switching kind never reuses the other)."""
     from bridge.errors import ConfigError, Problem
 
     if kind == "ndi":
