@@ -88,7 +88,8 @@ def test_weighted_blend_in_embedding_space(tiny) -> None:
     enc = PromptEncoder(tiny, CPU, F32)
     blended, table = enc.blend([["cat", 1.0], ["dog", 2.0], ["cat", 1.0]], extra=["ugly"])
     assert set(table) == {"cat", "dog", "ugly"} and enc.encoded_texts == 3
-    torch.testing.assert_close(blended.hidden, 0.5 * table["cat"].hidden + 0.5 * table["dog"].hidden)
+    expected = 0.5 * table["cat"].hidden + 0.5 * table["dog"].hidden
+    torch.testing.assert_close(blended.hidden, expected)
     single, _ = enc.blend("cat")
     assert torch.equal(single.hidden, table["cat"].hidden)
     assert weighted_items([["a", 0.0], ["b", 1.0]]) == [("b", 1.0)]

@@ -120,6 +120,13 @@ def test_txt2img_equals_sequential_and_is_stable(tiny) -> None:
     sb.update({"seed": 5})
     sb.process(None)
     assert not torch.allclose(sb.process(None), first)
+    # The similarity filter looks at input frames only: txt2img never skips.
+    ssf = StreamBatch(tiny, params(mode="txt2img", t_index_list=[30], similarity_filter=True,
+                                   similarity_threshold=0.5))
+    static = images(1, 1)[0]
+    for _ in range(3):
+        ssf.process(static)
+        assert not ssf.last_skipped
 
 
 def test_turbo_single_step_equals_sequential() -> None:

@@ -286,7 +286,7 @@ class StreamBatch(PipelineCore):
         return out
 
     def _skip(self, images: torch.Tensor | None) -> bool:
-        if not self.params["similarity_filter"] or images is None:
+        if not self.params["similarity_filter"] or images is None or self.mode != "img2img":
             return False
         if self._last_output is None or self._force_process > 0:
             self._force_process = max(0, self._force_process - 1)
