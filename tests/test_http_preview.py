@@ -206,6 +206,14 @@ def test_close_ends_streams_and_frees_port() -> None:
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     s.close()  # idempotent
+    s.open()  # reopened (the daemon does this after a sink failure): streams work again
+    try:
+        s.send(solid((0, 200, 0)))
+        again = MjpegReader(s.port)  # a new viewer starts with the newest frame
+        assert_colour(again.next_part(), (0, 200, 0))
+        again.close()
+    finally:
+        s.close()
 
 
 def test_non_loopback_needs_allow_remote() -> None:

@@ -105,6 +105,10 @@ class _LatestFrame:
             self.closed = True
             self._cond.notify_all()
 
+    def reopen(self) -> None:
+        with self._cond:
+            self.closed = False
+
     def wait_newer(self, seen: int, timeout: float) -> int:
         """Sequence of the newest frame once it is > ``seen`` (or ``seen`` on timeout/close)."""
         with self._cond:
@@ -178,6 +182,7 @@ class HttpPreviewSink(FrameSink):
                 f"http sink cannot listen on {self.host}:{self.port}: {exc}",
                 fix="pick another sink.port or stop the program using it") from exc
         server.daemon_threads = True
+        self._latest.reopen()  # the daemon reopens a sink after a failure
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
