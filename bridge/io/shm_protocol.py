@@ -47,6 +47,7 @@ HEADER_SIZE = 256
 SLOT_HEADER_SIZE = 64
 ALIGN = 64
 MIN_SLOTS = 3
+REPLACE_WAIT_S = 1.0  # Windows: how long a growing writer waits for readers to release the old name
 STATE_INITIALISING, STATE_LIVE, STATE_RETIRED = 0, 1, 2
 # name -> (wire code, bytes per pixel)
 PIXEL_FORMATS: dict[str, tuple[int, int]] = {
@@ -382,13 +383,19 @@ class ShmWriter:
         return self._replace(layout)
 
     def _replace(self, layout: Layout) -> _Segment:
-        try:
-            return self._create(layout)
-        except FileExistsError:  # Windows: readers still hold the retired mapping's name
-            raise ShmProtocolError(
-                f"stream {self.name!r} exists and could not be replaced by a larger segment",
-                fix="close every reader of it first, or give the writer capacity_bytes up front"
-            ) from None
+        # POSIX: the name is already unlinked. Windows has no unlink: the name lives while any
+        # reader maps the retired segment; sdbridge readers drop it at their next poll.
+        deadline = time.monotonic() + (REPLACE_WAIT_S if os.name == "nt" else 0.0)
+        while True:
+            try:
+                return self._create(layout)
+            except FileExistsError:
+                if time.monotonic() >= deadline:
+                    raise ShmProtocolError(
+                        f"stream {self.name!r} exists and could not be replaced by a larger segment",
+                        fix="close every reader of it first, or give the writer capacity_bytes up front"
+                    ) from None
+                time.sleep(0.01)
 
     def _create(self, layout: Layout) -> _Segment:
         shm = _open_untracked(self.name, create=True, size=layout.total_size)
