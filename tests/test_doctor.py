@@ -90,6 +90,8 @@ def test_transports() -> None:
     ndi = d.check_transport("ndi", False, "libndi.so.6 not found", "Linux")
     assert ndi.status == WARN and "libndi.so.6" in ndi.detail and "--extras ndi" in ndi.fix
     assert d.check_transport("spout", False, "Windows only", "Linux").status == INFO
+    assert d.check_transport("spout", False, "Spout is Windows-only", "Linux").detail == "Spout is Windows-only"
+    assert d.check_transport("spout", False, "no SpoutGL", "Darwin").detail == "Windows only (no SpoutGL)"
     spout = d.check_transport("spout", False, "SpoutGL not installed", "Windows")
     assert spout.status == WARN and "-Extras spout" in spout.fix
 

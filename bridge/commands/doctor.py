@@ -208,7 +208,7 @@ def check_transport(kind: str, available: bool, reason: str, os_name: str) -> Ch
     if available:
         return Check(kind, OK, "available")
     if kind == "spout" and os_name != "Windows":
-        return Check(kind, INFO, f"Windows only ({reason})")
+        return Check(kind, INFO, reason if "windows" in reason.lower() else f"Windows only ({reason})")
     fix = {"ndi": f"run {installer(os_name)} {_flag(os_name, 'extras')} ndi and install the NDI "
                   "runtime (NDI Tools from ndi.video) if the library is still not found",
            "spout": f"run {INSTALL_WIN} -Extras spout"}.get(kind, "see docs/transports.md")
