@@ -1,0 +1,150 @@
+"""The ONNX Runtime backend runs the real StreamBatch pipeline on the tiny model and gives the
+torch backend's frames; artefacts come from (and go to) the engine cache."""
+
+from __future__ import annotations
+
+import json
+
+import onnxruntime as ort
+import pytest
+import torch
+
+from bridge.cli import main
+from bridge.errors import ConfigError, PipelineError, RuntimeMissingError
+from bridge.params import default_params
+from bridge.pipeline.backends import create_backend, onnx_export
+from bridge.pipeline.backends.engine_cache import EngineCache
+from bridge.pipeline.backends.onnxruntime_backend import choose_provider
+from bridge.pipeline.stream_batch import StreamBatch
+from bridge.pipeline.tiny import build_tiny_components
+
+HW_RANGE = (64, 128)
+# (family, cfg_type, t_index_list, frames): UNet rows 3 (n·F+F), 4 (n·F with F=2), 2 (SDXL conditioning).
+CONFIGS = [("sd", "initialize", [20, 35], 1), ("sd", "self", [25, 40], 2), ("sdxl", "self", [20, 35], 1)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> EngineCache:
+    return EngineCache(tmp_path_factory.mktemp("engines"))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> dict[str, object]:
+    return {"sd": build_tiny_components(), "sdxl": build_tiny_components(family="sdxl")}
+
+
+def _params(cfg_type: str, t_index_list: list[int], frames: int, size=(64, 64)) -> dict:
+    return default_params() | {"cfg_type": cfg_type, "t_index_list": t_index_list, "frame_buffer_size": frames,
+                               "height": size[0], "width": size[1], "negative_prompt": "blurry",
+                               "prompt": "a neon city at night", "guidance_scale": 1.5, "delta": 0.8}
+
+
+def _frames(count: int, frames: int, size=(64, 64)) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(5)
+    base = torch.rand(frames, 3, *size, generator=gen)
+    return [(base + 0.05 * i * torch.rand(frames, 3, *size, generator=gen)).clamp(0, 1) for i in range(count)]
+
+
+def _compare(components, params, backend, size=(64, 64)) -> float:
+    reference, accelerated = StreamBatch(components, params), StreamBatch(components, params, backend=backend)
+    worst = 0.0
+    for images in _frames(4, params["frame_buffer_size"], size):
+        want, got = reference.process(images), accelerated.process(images)
+        assert got.shape == want.shape == images.shape
+        assert want.std() > 0.01  # a real picture, not a constant
+        worst = max(worst, float((want - got).abs().max()))
+    return worst
+
+
+@pytest.fixture(scope="module")
+def backends(tiny, cache) -> dict[tuple, object]:
+    out = {}
+    for family, cfg, steps, frames in CONFIGS:
+        out[(family, cfg, frames)] = create_backend(tiny[family], "onnxruntime", params=_params(cfg, steps, frames),
+                                                    hw_range=HW_RANGE, cache=cache)
+    return out
+
+
+@pytest.mark.parametrize("family,cfg_type,t_index_list,frames", CONFIGS)
+def test_pipeline_frames_equal_torch_backend(tiny, backends, family, cfg_type, t_index_list, frames) -> None:
+    backend = backends[(family, cfg_type, frames)]
+    assert backend.name == "onnxruntime-cpu"
+    assert _compare(tiny[family], _params(cfg_type, t_index_list, frames), backend) < 1e-3
+
+
+def test_resolution_change_needs_no_rebuild(tiny, backends, cache, monkeypatch) -> None:
+    entries = {e.digest for e in cache.entries()}
+    monkeypatch.setattr(onnx_export, "export_onnx", _no_export)
+    params = _params("initialize", [20, 35], 1, size=(128, 64))
+    assert _compare(tiny["sd"], params, backends[("sd", "initialize", 1)], size=(128, 64)) < 1e-3
+    assert {e.digest for e in cache.entries()} == entries
+
+
+def _no_export(*args, **kwargs):
+    raise AssertionError("exported again although the cache holds the artefact")
+
+
+def test_second_backend_comes_from_cache(tiny, backends, cache, monkeypatch) -> None:
+    monkeypatch.setattr(onnx_export, "export_onnx", _no_export)
+    again = create_backend(tiny["sd"], "onnxruntime", params=_params("self", [25, 40], 2), hw_range=HW_RANGE,
+                           cache=cache)
+    images = _frames(1, 2)[0]
+    assert torch.equal(StreamBatch(tiny["sd"], _params("self", [25, 40], 2), backend=again).process(images),
+                       StreamBatch(tiny["sd"], _params("self", [25, 40], 2),
+                                   backend=backends[("sd", "self", 2)]).process(images))
+
+
+def test_without_params_each_module_builds_on_first_call(tiny, backends, cache, caplog) -> None:
+    lazy = create_backend(tiny["sd"], "onnxruntime", hw_range=HW_RANGE, cache=cache)
+    with caplog.at_level("WARNING"):
+        assert _compare(tiny["sd"], _params("initialize", [20, 35], 1), lazy) < 1e-3
+    assert "on its first call" in caplog.text
+
+
+def test_wrong_batch_and_size_are_errors(tiny, backends) -> None:
+    backend = backends[("sd", "initialize", 1)]  # UNet rows 3, VAE batch 1
+    with pytest.raises(PipelineError, match="batch 3"):
+        backend.unet(torch.zeros(2, 4, 8, 8), torch.tensor([999, 500]), torch.zeros(1, 77, 32))
+    with pytest.raises(ConfigError) as info:
+        backend.encode(torch.zeros(1, 3, 192, 64))
+    assert info.value.fields == ["height"]
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        backend.decode(torch.zeros(1, 4, 9, 8))
+    with pytest.raises(ConfigError) as info:
+        create_backend(tiny["sd"], "onnxruntime", params=_params("self", [20], 1, size=(256, 64)), hw_range=HW_RANGE)
+    assert info.value.fields == ["height"]
+
+
+def test_gpu_provider_missing_is_an_error_not_a_fallback() -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu installed here: the missing-provider path cannot be exercised")
+    with pytest.raises(RuntimeMissingError) as info:
+        choose_provider(torch.device("cpu"), "cuda")
+    assert "onnxruntime-gpu" in info.value.fix
+    with pytest.raises(ConfigError):
+        choose_provider(torch.device("cpu"), "directml")
+
+
+def test_engines_cli_builds_what_the_runtime_then_uses(tmp_path, monkeypatch, capsys) -> None:
+    from bridge.pipeline.models import ModelSpec, load_components
+
+    monkeypatch.setenv("SDBRIDGE_HOME", str(tmp_path))
+    argv = ["engines", "build", "--acceleration", "onnxruntime", "--model", "tiny", "--device", "cpu",
+            "--cfg-type", "none", "--steps", "1", "--frames", "1", "--width", "64", "--height", "64",
+            "--min-size", "64", "--max-size", "128", "--json"]
+    assert main(argv) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert [a["module"] for a in built["artefacts"]] == ["unet", "vae_encoder", "vae_decoder"]
+    assert all(a["built"] for a in built["artefacts"]) and built["rows"] == 1
+    assert main(["engines", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(e["digest"] for e in listed["entries"]) == sorted(a["digest"] for a in built["artefacts"])
+    # The daemon's path: same model spec, same cache -> nothing exported again.
+    monkeypatch.setattr(onnx_export, "export_onnx", _no_export)
+    components = load_components(ModelSpec("tiny", device="cpu"), progress=False)
+    params = _params("none", [30], 1)
+    backend = create_backend(components, "onnxruntime", params=params, hw_range=HW_RANGE)
+    assert _compare(components, params, backend) < 1e-3
+    assert main(["engines", "clean", "--all", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["removed"]) == 3
+    assert EngineCache().entries() == []
