@@ -81,6 +81,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_NO_TARGET = "no control target is attached to the http sink"
+_NO_TARGET_FIX = ("the program that runs the sink must call attach_control(target); `sdbridge "
+                  "serve` does it for http sinks with controls: true. Meanwhile: `sdbridge ctl set`")
+
+
 class _LatestFrame:
     """The newest frame plus its lazily encoded JPEG; one lock, one condition."""
 
@@ -238,14 +243,12 @@ class HttpPreviewSink(FrameSink):
     def _forward_set(self, changes: Any) -> dict[str, Any]:
         clean = validate_changes(changes)  # same all-or-nothing validation as the daemon
         if self._control is None:
-            raise TransportError("no control target is attached to the http sink",
-                                 fix="start it from `sdbridge serve` with sink.controls: true")
+            raise TransportError(_NO_TARGET, fix=_NO_TARGET_FIX)
         return self._control.set(clean)
 
     def _get_state(self) -> dict[str, Any]:
         if self._control is None:
-            raise TransportError("no control target is attached to the http sink",
-                                 fix="start it from `sdbridge serve` with sink.controls: true")
+            raise TransportError(_NO_TARGET, fix=_NO_TARGET_FIX)
         return self._control.get_state()
 
 
