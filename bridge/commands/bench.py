@@ -15,6 +15,7 @@ from typing import Any
 TARGETS: dict[str, str] = {
     "pipeline": "bridge.bench.pipeline",
     "transport": "bridge.bench.transport",
+    "daemon": "bridge.bench.daemon",
 }
 
 

@@ -63,19 +63,18 @@ class PreProcessor:
             raise ConfigError(Problem("frames", 0, "need at least one frame", "pass a batch"))
         sizes = {(f.width, f.height) for f in frames}
         if len(sizes) == 1:
-            return self._fit(self._to_tensor(frames), *sizes.pop())
+            return self._fit(frames, *sizes.pop())
         # Mixed sizes (a source changed resolution mid-batch): fit each, then stack.
-        return torch.cat([self._fit(self._to_tensor([f]), f.width, f.height) for f in frames])
+        return torch.cat([self._fit([f], f.width, f.height) for f in frames])
 
-    def _to_tensor(self, frames: Sequence[Frame]) -> torch.Tensor:
-        rgb = np.stack([convert(f.pixels, f.pixel_format, PixelFormat.RGB) for f in frames])
-        batch = torch.from_numpy(rgb).to(self.device, non_blocking=True)
-        return batch.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-
-    def _fit(self, batch: torch.Tensor, src_w: int, src_h: int) -> torch.Tensor:
+    def _fit(self, frames: Sequence[Frame], src_w: int, src_h: int) -> torch.Tensor:
         geo = fit_geometry(src_w, src_h, self.width, self.height, self.fit)
         x0, y0, cw, ch = geo.crop
-        batch = batch[:, :, y0:y0 + ch, x0:x0 + cw]
+        if frames[0].pixel_format is PixelFormat.UYVY:
+            x0, cw = x0 - x0 % 2, cw + cw % 2  # crop on whole U Y V Y pixel pairs
+        # Crop the uint8 pixels first: only the part that is kept gets converted to float.
+        batch = self._to_tensor([f.pixels[y0:y0 + ch, x0:x0 + cw] for f in frames],
+                                [f.pixel_format for f in frames])
         w, h = geo.size
         if (cw, ch) != (w, h):
             # antialias only matters (and only costs) when shrinking
@@ -88,6 +87,27 @@ class PreProcessor:
         ox, oy = geo.offset
         out[:, :, oy:oy + h, ox:ox + w] = batch
         return out
+
+    def _to_tensor(self, pixels: list[np.ndarray], formats: list[PixelFormat]) -> torch.Tensor:
+        fmt = formats[0]
+        if fmt is PixelFormat.UYVY or any(f is not fmt for f in formats):
+            pixels = [convert(np.ascontiguousarray(px), f, PixelFormat.RGB)
+                      for px, f in zip(pixels, formats)]
+            order = [0, 1, 2]
+        else:  # byte-order formats: pick R, G, B while converting, no separate reorder pass
+            order = rgb_positions(fmt)
+        if self.device.type == "cpu":
+            # One strided read + float write per plane: the cheapest path on CPU.
+            planes = np.empty((len(pixels), 3, *pixels[0].shape[:2]), dtype=np.float32)
+            for i, px in enumerate(pixels):
+                for plane, channel in enumerate(order):
+                    np.multiply(px[..., channel], np.float32(1.0 / 255.0), out=planes[i, plane],
+                                casting="unsafe")
+            return torch.from_numpy(planes).to(self.dtype)
+        batch = torch.from_numpy(np.stack(pixels))
+        batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2)[:, order]
+        # uint8 * float promotes to float in one pass (no separate cast + divide)
+        return torch.mul(batch, 1.0 / 255.0).to(self.dtype)
 
 
 class PostProcessor:
@@ -104,11 +124,48 @@ class PostProcessor:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(inputs):
             raise ConfigError(Problem("images", tuple(images.shape), f"expected {len(inputs)}×3×H×W",
                                       "the pipeline must return one image per input frame"))
-        u8 = images.detach().clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
-        rgb = u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        return [Frame(np.ascontiguousarray(convert(rgb[i], PixelFormat.RGB, self.pixel_format)),
-                      self.pixel_format, seq=src.seq, timestamp_ns=src.timestamp_ns,
+        fmt = self.pixel_format
+        if images.device.type == "cpu" and fmt is not PixelFormat.UYVY:
+            arrays = self._cpu_interleave(images, fmt)
+            return [Frame(arrays[i], fmt, seq=src.seq, timestamp_ns=src.timestamp_ns,
+                          source=src.source) for i, src in enumerate(inputs)]
+        # x*255 + 0.5 truncated = round half up, for values clamped into 0..255
+        u8 = images.detach().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+        hwc = u8.permute(0, 2, 3, 1)
+        if fmt is PixelFormat.UYVY:
+            rgb = hwc.contiguous().cpu().numpy()
+            arrays = [np.ascontiguousarray(convert(rgb[i], PixelFormat.RGB, fmt))
+                      for i in range(len(inputs))]
+        else:  # interleave on the device, then one download
+            out = torch.empty((*hwc.shape[:3], fmt.channels), dtype=torch.uint8, device=hwc.device)
+            out[..., rgb_positions(fmt)] = hwc
+            if fmt.channels == 4:
+                out[..., 3] = 255
+            host = out.cpu().numpy()
+            arrays = [host[i] for i in range(len(inputs))]
+        return [Frame(arrays[i], fmt, seq=src.seq, timestamp_ns=src.timestamp_ns,
                       source=src.source) for i, src in enumerate(inputs)]
+
+
+    @staticmethod
+    def _cpu_interleave(images: torch.Tensor, fmt: PixelFormat) -> list[np.ndarray]:
+        """numpy in place: scale, round, clamp, then cast while interleaving plane by plane."""
+        values = images.detach().float().numpy()
+        scaled = np.multiply(values, np.float32(255.0))
+        np.add(scaled, np.float32(0.5), out=scaled)  # + 0.5 then truncation = rounding
+        np.clip(scaled, 0.0, 255.0, out=scaled)
+        frames, _, height, width = scaled.shape
+        host = np.empty((frames, height, width, fmt.channels), dtype=np.uint8)
+        for plane, position in enumerate(rgb_positions(fmt)):
+            host[..., position] = scaled[:, plane]
+        if fmt.channels == 4:
+            host[..., 3] = 255
+        return [host[i] for i in range(frames)]
+
+
+def rgb_positions(fmt: PixelFormat) -> list[int]:
+    """Byte positions of R, G and B in a byte-order format (BGRA -> [2, 1, 0])."""
+    return [fmt.value.index(c) for c in "RGB"]
 
 
 def black_like(batch: torch.Tensor) -> torch.Tensor:
