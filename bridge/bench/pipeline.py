@@ -5,14 +5,15 @@ Every figure comes from one process on one set of components: the stream batch
 ``AutoPipelineForImage2Image`` built from the same components with the same timesteps and size.
 UNet, VAE and text-encoder calls are timed by wrapping the backend callables (and hooking the
 text encoders), so ``overhead_fraction`` is the share of frame time spent outside them.
-Inputs are test-pattern frames prepared up front (not timed); the first frames of every run are
-warm-up and not timed either.
+Inputs are test-pattern frames prepared up front (not timed); each runner's first frames are
+warm-up and not timed. Runners are timed frame by frame in turn and every figure is a median
+over frames, so a busy machine skews them alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -20,8 +21,6 @@ from typing import Any, Callable
 from bridge.commands.demo import (add_model_arguments, apply_threads, model_spec, pipeline_params,
                                   t_index_for_steps, to_tensor)
 from bridge.errors import ConfigError, Problem
-
-log = logging.getLogger(__name__)
 
 CFG_TYPES = ("none", "full", "self", "initialize")
 WARMUP_CALLS = 2  # first call primes the latent buffer; one more settles allocators/caches
@@ -40,24 +39,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
-class Timers:
-    """Seconds spent inside model calls, and UNet rows processed."""
+class Probe:
+    """Running totals that the wrapped backend callables and the module hooks add to."""
 
     unet: float = 0.0
     encode: float = 0.0
     decode: float = 0.0
     text: float = 0.0
-    unet_rows: int = 0
-    unet_calls: int = 0
+    unet_rows: int = 0  # rows through the backend's UNet
+    unet_forwards: int = 0  # forwards of the UNet module itself (diffusers calls it directly)
     _text_start: list[float] = field(default_factory=list)
 
-    def reset(self) -> None:
-        self.unet = self.encode = self.decode = self.text = 0.0
-        self.unet_rows = self.unet_calls = 0
+    def snapshot(self) -> tuple[float, float, float, float, int, int]:
+        return (self.unet, self.encode, self.decode, self.text, self.unet_rows, self.unet_forwards)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One timed frame of one runner: wall time and what the model calls took inside it."""
+
+    total: float
+    unet: float
+    encode: float
+    decode: float
+    text: float
+    unet_rows: int
+    unet_forwards: int
 
     @property
-    def model_time(self) -> float:
-        return self.unet + self.encode + self.decode + self.text
+    def overhead(self) -> float:
+        return max(0.0, self.total - self.unet - self.encode - self.decode - self.text) / self.total
 
 
 def _sync_fn(device: Any) -> Callable[[], None]:
@@ -71,17 +82,16 @@ def _sync_fn(device: Any) -> Callable[[], None]:
     return lambda: None
 
 
-def timed_backend(backend: Any, timers: Timers, sync: Callable[[], None]) -> Any:
-    """The same Backend with each callable's wall time (and UNet rows) accumulated in timers."""
+def timed_backend(backend: Any, probe: Probe, sync: Callable[[], None]) -> Any:
+    """The same Backend with each callable's wall time (and UNet rows) added to ``probe``."""
     from bridge.pipeline.backends.base import Backend
 
     def unet(sample: Any, timestep: Any, encoder_hidden_states: Any, added_cond: Any = None) -> Any:
         start = time.perf_counter()
         out = backend.unet(sample, timestep, encoder_hidden_states, added_cond)
         sync()
-        timers.unet += time.perf_counter() - start
-        timers.unet_rows += int(sample.shape[0])
-        timers.unet_calls += 1
+        probe.unet += time.perf_counter() - start
+        probe.unet_rows += int(sample.shape[0])
         return out
 
     def wrap(fn: Callable[[Any], Any], slot: str) -> Callable[[Any], Any]:
@@ -89,7 +99,7 @@ def timed_backend(backend: Any, timers: Timers, sync: Callable[[], None]) -> Any
             start = time.perf_counter()
             out = fn(x)
             sync()
-            setattr(timers, slot, getattr(timers, slot) + time.perf_counter() - start)
+            setattr(probe, slot, getattr(probe, slot) + time.perf_counter() - start)
             return out
         return call
 
@@ -97,39 +107,62 @@ def timed_backend(backend: Any, timers: Timers, sync: Callable[[], None]) -> Any
                    decode=wrap(backend.decode, "decode"))
 
 
-def hook_text_encoders(components: Any, timers: Timers, sync: Callable[[], None]) -> list[Any]:
-    """Time text-encoder forwards (prompt encoding is cached, so per frame this is usually 0)."""
+def hook_modules(components: Any, probe: Probe, sync: Callable[[], None]) -> list[Any]:
+    """Time text-encoder forwards (cached prompts: usually 0 per frame); count UNet forwards."""
     handles = []
     for encoder in (components.text_encoder, components.text_encoder_2):
         if encoder is None:
             continue
 
         def before(module: Any, args: Any) -> None:
-            timers._text_start.append(time.perf_counter())
+            probe._text_start.append(time.perf_counter())
 
         def after(module: Any, args: Any, output: Any) -> None:
             sync()
-            timers.text += time.perf_counter() - timers._text_start.pop()
+            probe.text += time.perf_counter() - probe._text_start.pop()
 
         handles += [encoder.register_forward_pre_hook(before), encoder.register_forward_hook(after)]
+
+    def count(module: Any, args: Any, output: Any) -> None:
+        probe.unet_forwards += 1
+
+    handles.append(components.unet.register_forward_hook(count))
     return handles
 
 
-def _run_frames(process: Callable[[Any], Any], inputs: list[Any], timers: Timers,
-                sync: Callable[[], None]) -> tuple[float, Timers]:
-    """Seconds per frame over the timed inputs, and the model-call times within them."""
-    for image in inputs[:WARMUP_CALLS]:
-        process(image)
-    sync()
-    timers.reset()
+def timed_call(process: Callable[[Any], Any], image: Any, probe: Probe,
+               sync: Callable[[], None]) -> Sample:
+    before = probe.snapshot()
     start = time.perf_counter()
-    for image in inputs[WARMUP_CALLS:]:
-        process(image)
+    process(image)
     sync()
-    frames = len(inputs) - WARMUP_CALLS
-    return (time.perf_counter() - start) / frames, Timers(
-        timers.unet / frames, timers.encode / frames, timers.decode / frames, timers.text / frames,
-        timers.unet_rows // frames, timers.unet_calls // frames)
+    total = time.perf_counter() - start
+    deltas = [b - a for a, b in zip(before, probe.snapshot())]
+    return Sample(total, deltas[0], deltas[1], deltas[2], deltas[3], int(deltas[4]), int(deltas[5]))
+
+
+def run_interleaved(runners: dict[str, Callable[[Any], Any]], inputs: list[Any], probe: Probe,
+                    sync: Callable[[], None], progress: Any = None) -> dict[str, list[Sample]]:
+    """Warm every runner up, then time them frame by frame in turn, so load changes on a
+    shared machine hit all of them alike instead of whichever happened to run then."""
+    for image in inputs[:WARMUP_CALLS]:
+        for process in runners.values():
+            process(image)
+            if progress is not None:
+                progress.update()
+    samples: dict[str, list[Sample]] = {name: [] for name in runners}
+    for image in inputs[WARMUP_CALLS:]:
+        for name, process in runners.items():
+            samples[name].append(timed_call(process, image, probe, sync))
+            if progress is not None:
+                progress.update()
+    return samples
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _diffusers_img2img(components: Any, steps: list[int], prompt: Any,
@@ -179,8 +212,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sync = _sync_fn(device)
     inputs = [to_tensor(render_rgb(args.width, args.height, i), device, dtype)
               for i in range(args.frames + WARMUP_CALLS)]
-    timers = Timers()
-    handles = hook_text_encoders(components, timers, sync)
+    probe = Probe()
+    handles = hook_modules(components, probe, sync)
 
     def backend_for(params: dict[str, Any], sequential: bool = False) -> Any:
         if args.acceleration == "none":
@@ -192,53 +225,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shape = dict(cfg_type=params["cfg_type"], n=1, frames=1, height=args.height,
                          width=args.width) if sequential else dict(params=params)
             raw = create_backend(components, args.acceleration, progress=not args.json, **shape)
-        return timed_backend(raw, timers, sync)
+        return timed_backend(raw, probe, sync)
 
-    order = [args.cfg_type] + [c for c in CFG_TYPES if c != args.cfg_type]
-    jobs = 3 + len(order) - 1
-    bar = tqdm(total=jobs, desc="bench pipeline", unit="run", disable=args.json)
     try:
-        results: dict[str, tuple[float, Timers]] = {}
-        for cfg in order:
+        runners: dict[str, Callable[[Any], Any]] = {}
+        for cfg in [args.cfg_type] + [c for c in CFG_TYPES if c != args.cfg_type]:
             params = {**base, "cfg_type": cfg}
-            pipe = StreamBatch(components, params, backend_for(params))
-            results[cfg] = _run_frames(pipe.process, inputs, timers, sync)
-            bar.update()
-        sequential = SequentialDenoiser(components, base, backend_for(base, sequential=True))
-        seq_s, _ = _run_frames(sequential.process, inputs, timers, sync)
-        bar.update()
-        # diffusers calls the UNet module itself: count its forwards to show the steps match.
-        counter = components.unet.register_forward_hook(
-            lambda module, args, output: setattr(timers, "unet_calls", timers.unet_calls + 1))
-        try:
-            diffusers_s, diffusers_calls = _run_frames(
-                _diffusers_img2img(components, t_index, base["prompt"]), inputs, timers, sync)
-        finally:
-            counter.remove()
-        bar.update()
+            runners[cfg] = StreamBatch(components, params, backend_for(params)).process
+        runners["sequential"] = SequentialDenoiser(
+            components, base, backend_for(base, sequential=True)).process
+        runners["diffusers"] = _diffusers_img2img(components, t_index, base["prompt"])
+        with tqdm(total=len(runners) * len(inputs), desc="bench pipeline", unit="frame",
+                  disable=args.json) as bar:
+            samples = run_interleaved(runners, inputs, probe, sync, bar)
     finally:
-        bar.close()
         for handle in handles:
             handle.remove()
-    frame_s, calls = results[args.cfg_type]
-    fps_stream = 1.0 / frame_s
+    frame_s = {name: median([x.total for x in runs]) for name, runs in samples.items()}
+    main = samples[args.cfg_type]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "model": args.model, "width": args.width, "height": args.height, "steps": args.steps,
         "t_index_list": t_index, "cfg_type": args.cfg_type, "frames": args.frames,
         "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "acceleration": args.acceleration, "torch_threads": torch.get_num_threads(),
-        "fps_stream_batch": round(fps_stream, 3),
-        "fps_sequential": round(1.0 / seq_s, 3),
-        "stream_batch_speedup": round(seq_s / frame_s, 3),
-        "unet_ms_per_frame": round(calls.unet * 1e3, 2),
-        "vae_encode_ms_per_frame": round(calls.encode * 1e3, 2),
-        "vae_decode_ms_per_frame": round(calls.decode * 1e3, 2),
-        "text_encoder_ms_per_frame": round(calls.text * 1e3, 3),
-        "overhead_fraction": round(max(0.0, frame_s - calls.model_time) / frame_s, 4),
-        "rows_per_frame": {cfg: results[cfg][1].unet_rows for cfg in CFG_TYPES},
-        "fps_by_cfg": {cfg: round(1.0 / results[cfg][0], 3) for cfg in CFG_TYPES},
-        "fps_diffusers_img2img": round(1.0 / diffusers_s, 3),
-        "speedup_vs_diffusers": round(diffusers_s / frame_s, 3),
-        "diffusers_unet_calls_per_frame": diffusers_calls.unet_calls,
+        "cpu_count": os.cpu_count(), "load_average_1m": load,
+        "fps_stream_batch": round(1.0 / frame_s[args.cfg_type], 3),
+        "fps_sequential": round(1.0 / frame_s["sequential"], 3),
+        "stream_batch_speedup": round(frame_s["sequential"] / frame_s[args.cfg_type], 3),
+        "unet_ms_per_frame": round(median([x.unet for x in main]) * 1e3, 2),
+        "vae_encode_ms_per_frame": round(median([x.encode for x in main]) * 1e3, 2),
+        "vae_decode_ms_per_frame": round(median([x.decode for x in main]) * 1e3, 2),
+        "text_encoder_ms_per_frame": round(median([x.text for x in main]) * 1e3, 3),
+        "overhead_fraction": round(median([x.overhead for x in main]), 4),
+        "rows_per_frame": {cfg: samples[cfg][0].unet_rows for cfg in CFG_TYPES},
+        "fps_by_cfg": {cfg: round(1.0 / frame_s[cfg], 3) for cfg in CFG_TYPES},
+        "fps_diffusers_img2img": round(1.0 / frame_s["diffusers"], 3),
+        "speedup_vs_diffusers": round(frame_s["diffusers"] / frame_s[args.cfg_type], 3),
+        "diffusers_unet_calls_per_frame": samples["diffusers"][0].unet_forwards,
         "diffusers_guidance_scale": 1.0,
     }

@@ -163,6 +163,8 @@ def load_components(spec: ModelSpec, progress: bool = True) -> Components:
     identity = {"model": spec.id_or_path, "weights": _hash_files(files), "family": family,
                 "dtype": spec.dtype, "loras": loras, "tiny_vae": spec.tiny_vae,
                 "tiny_vae_weights": vae_hash}
+    log.info("loaded %s (%s, %s, %s) on %s", spec.id_or_path, family, spec.resolved_step_kind(),
+             spec.dtype, device)
     return Components(unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
                       tokenizer=parts["tokenizer"], scheduler=parts["scheduler"], family=family,
                       step_kind=spec.resolved_step_kind(),  # type: ignore[arg-type]
