@@ -255,6 +255,36 @@ def test_latency_bench_measures_between_processes() -> None:
     assert 0 < result["p50_ms"] <= result["p95_ms"]
 
 
+@pytest.mark.ndi
+@requires_ndi
+def test_close_from_another_thread_while_receiving_is_safe() -> None:
+    import threading
+
+    from bridge.errors import TransportError
+
+    src = ndi.NDISource("nobody", url="127.0.0.1:9", reconnect_after=0.1)  # direct URL: no discovery
+    src.open()
+    outcome: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            while True:
+                try:
+                    src.receive(0.5)
+                except FrameTimeout:
+                    continue
+        except BaseException as exc:  # noqa: BLE001 - collected for the assert
+            outcome.append(exc)
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    src.close()  # the daemon's stop(): must not free the receiver under a running capture
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], TransportError) and "closed" in str(outcome[0])
+
+
 # --------------------------------------------------------------------- peer processes
 
 

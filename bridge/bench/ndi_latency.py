@@ -51,6 +51,12 @@ def measure(width: int = 512, height: int = 512, frames: int = 60, fps: float = 
                     raise TransportError("NDI frame arrived without the sender's timestamp metadata",
                                          fix="another sender is using the benchmark's name; retry")
                 latencies.append((frame.timestamp_ns - sent) / 1e6)
+    except SdbridgeError as exc:
+        if peer.poll() is not None:  # the sending process died: its stderr says why
+            raise TransportError(f"NDI bench: the sending process exited ({peer.returncode}): "
+                                 f"{(peer.stderr.read() if peer.stderr else '').strip()[-500:]}",
+                                 fix="run `sdbridge probe` to check NDI") from exc
+        raise
     finally:
         if peer.stdin:
             peer.stdin.close()  # tells the peer to stop
@@ -90,18 +96,16 @@ def _peer_send(name: str, width: int, height: int, fps: float, seconds: float) -
 
 
 def _main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--peer-send", nargs=5, metavar=("NAME", "W", "H", "FPS", "SECONDS"))
-    parser.add_argument("--frames", type=int, default=60)
+    """Entry point of the sending peer process (``measure`` starts it)."""
+    parser = argparse.ArgumentParser(description="NDI latency benchmark: sending peer")
+    parser.add_argument("--peer-send", nargs=5, required=True, metavar=("NAME", "W", "H", "FPS", "SECONDS"))
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="ndi-latency peer: %(message)s")
+    name, width, height, fps, seconds = args.peer_send
     try:
-        if args.peer_send:
-            name, width, height, fps, seconds = args.peer_send
-            _peer_send(name, int(width), int(height), float(fps), float(seconds))
-        else:
-            print(measure(frames=args.frames))
+        _peer_send(name, int(width), int(height), float(fps), float(seconds))
     except SdbridgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -193,31 +194,41 @@ class VideoFileSource(_PacedFileSource):
         self._container: Any = None
         self._frames: Iterator[Any] | None = None
         self._decoded = -1  # index (over all loops) of the last decoded frame
+        self._lock = threading.Lock()  # close() from another thread must not free a decoding container
 
     def open(self) -> None:
-        if self._container is None:
-            self._open_container()
+        with self._lock:
+            if self._container is None:
+                self._open_container()
 
     def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-        self._container, self._frames, self._decoded = None, None, -1
-        self._pacer.reset()
-        self.ended = False
+        with self._lock:
+            if self._container is not None:
+                self._container.close()
+            self._container, self._frames, self._decoded = None, None, -1
+            self._pacer.reset()
+            self.ended = False
 
     def receive(self, timeout: float) -> Frame:
         self.open()
         if self.ended:
             raise self._end(timeout)
         index = self._pacer.next_index(timeout, f"video {self.name!r}")
-        picture = None
-        while self._decoded < index:  # decode and drop frames the consumer was too late for
-            picture = self._next_picture()
+        with self._lock:
+            if self._container is None:
+                raise TransportError(f"video source {self.name!r} was closed", fix="open it again")
+            picture = None
+            while self._decoded < index:  # decode and drop frames the consumer was too late for
+                picture = self._next_picture()
+                if picture is None:
+                    break
+                self._decoded += 1
             if picture is None:
-                raise self._end(timeout)
-            self._decoded += 1
-        assert picture is not None
-        rgba = np.ascontiguousarray(picture.to_ndarray(format="rgba"))
+                self.ended = True
+            else:
+                rgba = np.ascontiguousarray(picture.to_ndarray(format="rgba"))
+        if picture is None:
+            raise self._end(timeout)
         return self._frame(rgba, index)
 
     def _open_container(self) -> None:

@@ -16,6 +16,7 @@ restarted sender after several seconds) and reconnects; meanwhile ``receive`` ra
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from fractions import Fraction
 from typing import Sequence
@@ -29,6 +30,7 @@ from bridge.errors import (
     Problem,
     RuntimeMissingError,
     SourceNotFoundError,
+    TransportError,
 )
 from bridge.frame import Frame, PixelFormat, now_ns
 from bridge.io import _ndi
@@ -128,46 +130,65 @@ class NDISource(FrameSource):
         self._last_frame_at = 0.0
         self._last_rediscover = 0.0
         self._rediscovered = True  # False while a fresh finder has not yet led to a reconnect
+        self._lock = threading.RLock()
+        self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
+    # Every NDI call runs under ``_lock`` in slices of at most _POLL_S, so ``close`` from another
+    # thread (daemon shutdown) waits for the current slice instead of destroying a receiver
+    # that a capture is still using.
 
     def open(self) -> None:
-        if self._receiver is not None:
-            return
-        self._finder = _ndi.Finder(extra_ips=self.extra_ips)
+        with self._lock:
+            if self._receiver is not None:
+                return
+            self._closed = False
+            self._finder = _ndi.Finder(extra_ips=self.extra_ips)
         try:
             target = SourceInfo(self.name, self.url) if self.url else self._find(self.timeout)
-            self._receiver = _ndi.Receiver(self.receiver_name)
+            with self._lock:
+                self._check_open()
+                self._receiver = _ndi.Receiver(self.receiver_name)
+                self._connect(target)
+                self._last_frame_at = time.monotonic()
         except BaseException:
             self.close()
             raise
-        self._connect(target)
-        self._last_frame_at = time.monotonic()
 
     def close(self) -> None:
-        if self._receiver is not None:
-            self._receiver.close()
-            self._receiver = None
-        if self._finder is not None:
-            self._finder.close()
-            self._finder = None
-        self.connected_to = None
+        with self._lock:
+            self._closed = True
+            if self._receiver is not None:
+                self._receiver.close()
+                self._receiver = None
+            if self._finder is not None:
+                self._finder.close()
+                self._finder = None
+            self.connected_to = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"NDI source {self.name!r} was closed", fix="open it again")
 
     # -- frames -----------------------------------------------------------------------------
 
     def receive(self, timeout: float) -> Frame:
+        with self._lock:
+            self._check_open()  # closed (maybe by another thread): no silent reopen
         self.open()
-        assert self._receiver is not None
         deadline = time.monotonic() + timeout
         while True:
-            self._maybe_reconnect()
-            remaining = deadline - time.monotonic()
-            got = self._receiver.capture_video(max(0.0, min(remaining, _POLL_S)))
-            if isinstance(got, _ndi.VideoCapture):
-                return self._to_frame(got)
-            if remaining <= _POLL_S:
-                break
-        gone = self._receiver.connections() == 0
+            with self._lock:
+                self._check_open()
+                assert self._receiver is not None
+                self._maybe_reconnect()
+                remaining = deadline - time.monotonic()
+                got = self._receiver.capture_video(max(0.0, min(remaining, _POLL_S)))
+                if isinstance(got, _ndi.VideoCapture):
+                    return self._to_frame(got)
+                if remaining <= _POLL_S:
+                    gone = self._receiver.connections() == 0
+                    break
         state = "the sender is gone, reconnecting" if gone else "connected but the sender sends nothing"
         raise FrameTimeout(f"no frame from NDI source {self._target_name()!r} within {timeout:.3f}s ({state})",
                            fix="check that the sender is running and sending video")
@@ -186,17 +207,19 @@ class NDISource(FrameSource):
     # -- discovery and reconnect -----------------------------------------------------------
 
     def _find(self, timeout: float) -> SourceInfo:
-        assert self._finder is not None
         deadline = time.monotonic() + timeout
         while True:
-            found = match_source(self.name, self._finder.sources())
-            if found is not None:
-                return found
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._finder.wait(min(remaining, _POLL_S))
-        seen = [s.name for s in _unique(self._finder.sources())]
+            with self._lock:
+                self._check_open()
+                assert self._finder is not None
+                found = match_source(self.name, self._finder.sources())
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = [s.name for s in _unique(self._finder.sources())]
+                    break
+                self._finder.wait(min(remaining, _POLL_S))
         raise SourceNotFoundError(
             f"no NDI source matching {self.name!r} within {timeout:g}s "
             f"(extra_ips={self.extra_ips!r}); found: {seen if seen else 'none'}",
@@ -268,37 +291,45 @@ class NDISink(FrameSink):
         self._rate = frame_rate_fraction(float(frame_rate))
         self._sender: _ndi.Sender | None = None
         self._in_flight: np.ndarray | None = None  # NDI may still read it (async send)
+        self._lock = threading.Lock()  # close() from another thread waits for a send in progress
 
     def open(self) -> None:
+        with self._lock:
+            self._open_locked()
+
+    def _open_locked(self) -> None:
         if self._sender is None:
             self._sender = _ndi.Sender(self.name, groups=self.groups, clock_video=self.clock_video)
 
     def close(self) -> None:
-        if self._sender is not None:
-            self._sender.close()  # waits for the async frame in flight
-            self._sender = None
-        self._in_flight = None
+        with self._lock:
+            if self._sender is not None:
+                self._sender.close()  # waits for the async frame in flight
+                self._sender = None
+            self._in_flight = None
 
     def send(self, frame: Frame) -> None:
-        self.open()
-        assert self._sender is not None
         pixels = frame.pixels
         if frame.pixel_format is not self.pixel_format:
             from bridge.frame_convert import convert
 
             pixels = convert(pixels, frame.pixel_format, self.pixel_format)
-        metadata = f'<sdbridge seq="{frame.seq}" t_ns="{frame.timestamp_ns}" sent_ns="{now_ns()}"/>'
-        self._sender.send_video(pixels, self.pixel_format.value, self._rate, metadata,
-                                use_async=self.async_send)
-        self._in_flight = pixels  # the previous buffer is released by this call returning
-        self.frames_sent += 1
+        with self._lock:
+            self._open_locked()
+            assert self._sender is not None
+            metadata = f'<sdbridge seq="{frame.seq}" t_ns="{frame.timestamp_ns}" sent_ns="{now_ns()}"/>'
+            self._sender.send_video(pixels, self.pixel_format.value, self._rate, metadata,
+                                    use_async=self.async_send)
+            self._in_flight = pixels  # the previous buffer is released by this call returning
+            self.frames_sent += 1
 
     @property
     def source_name(self) -> str:
         """The full NDI name receivers see, e.g. ``"MACHINE (sdbridge)"``."""
-        self.open()
-        assert self._sender is not None
-        return self._sender.source_name()
+        with self._lock:
+            self._open_locked()
+            assert self._sender is not None
+            return self._sender.source_name()
 
     def connections(self) -> int:
         return self._sender.connections() if self._sender is not None else 0

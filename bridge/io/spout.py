@@ -164,35 +164,39 @@ class SpoutSource(FrameSource):
         self._opened_at: float | None = None
         self._ever_connected = False
         self._seq = 0
+        self._lock = threading.Lock()
 
     def open(self) -> None:
         if self._opened_at is None:
             self._opened_at = time.monotonic()
 
     def close(self) -> None:
-        self._bound.close()
-        self._buffer, self._opened_at, self._ever_connected = None, None, False
+        with self._lock:  # waits for a receive call in progress on the source thread
+            self._bound.close()
+            self._buffer, self._opened_at, self._ever_connected = None, None, False
 
     def receive(self, timeout: float) -> Frame:
         self.open()
-        backend = self._bound.get()
         gl_format = GL_FORMATS[self.pixel_format]
         deadline = time.monotonic() + timeout
         while True:
-            result = backend.receive(self._buffer, gl_format, self.flip)
-            step = classify(result, self._buffer)
-            if step is Step.FRAME:
-                self._ever_connected = True
-                self._seq += 1
-                return Frame(self._buffer.copy(), self.pixel_format, seq=self._seq,
-                             timestamp_ns=now_ns(), source=self.name)
-            if step is Step.RESIZED:
-                self._ever_connected = True
-                self._buffer = allocate(result.width, result.height, self.pixel_format)
-                self.resizes += 1
-                continue  # receive again straight away into the new buffer
-            if step is Step.NO_SENDER:
-                self._check_found()
+            with self._lock:
+                if self._opened_at is None:
+                    raise TransportError(f"Spout source {self.name!r} was closed", fix="open it again")
+                result = self._bound.get().receive(self._buffer, gl_format, self.flip)
+                step = classify(result, self._buffer)
+                if step is Step.FRAME:
+                    self._ever_connected = True
+                    self._seq += 1
+                    return Frame(self._buffer.copy(), self.pixel_format, seq=self._seq,
+                                 timestamp_ns=now_ns(), source=self.name)
+                if step is Step.RESIZED:
+                    self._ever_connected = True
+                    self._buffer = allocate(result.width, result.height, self.pixel_format)
+                    self.resizes += 1
+                    continue  # receive again straight away into the new buffer
+                if step is Step.NO_SENDER:
+                    self._check_found()
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
@@ -227,14 +231,17 @@ class SpoutSink(FrameSink):
         self.frames_sent = 0
         factory = backend_factory or _default_sender_factory
         self._bound = _ThreadBound(lambda: factory(self.name), "sender")
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._bound.close()
+        with self._lock:
+            self._bound.close()
 
     def send(self, frame: Frame) -> None:
-        backend = self._bound.get()
         pixels, gl_format = send_format(frame)
-        if not backend.send(pixels, gl_format, self.flip):
+        with self._lock:
+            ok = self._bound.get().send(pixels, gl_format, self.flip)
+        if not ok:
             raise TransportError(f"Spout sender {self.name!r} failed to send a "
                                  f"{frame.width}x{frame.height} frame",
                                  fix="check the GPU driver supports OpenGL/DirectX interop; see the Spout log")
