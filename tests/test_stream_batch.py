@@ -347,15 +347,22 @@ def test_bad_images(tiny) -> None:
     assert not sb.ready and sb.unet_calls == 0
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_runs(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("dtype,vae_dtype", [(torch.bfloat16, torch.bfloat16),
+                                             (torch.float16, torch.float16),
+                                             (torch.bfloat16, torch.float32)])
+def test_low_precision_runs(dtype: torch.dtype, vae_dtype: torch.dtype) -> None:
     components = build_tiny_components(seed=0)
-    for module in (components.unet, components.vae, components.text_encoder):
+    for module in (components.unet, components.text_encoder):
         module.to(dtype)
-    sb = StreamBatch(components, params(t_index_list=[20, 40], cfg_type="initialize"))
-    out = sb.process(images(1, 1)[0])
-    assert out.dtype == dtype and out.shape == (1, 3, SIZE, SIZE)
+    components.vae.to(vae_dtype)
+    p = params(t_index_list=[20, 40], cfg_type="initialize")
+    sb = StreamBatch(components, p)
+    x = images(1, 1)[0]
+    out = sb.process(x)
+    assert out.dtype == vae_dtype and out.shape == (1, 3, SIZE, SIZE)
     assert torch.isfinite(out.float()).all()
+    assert sb.coeffs.p.dtype == dtype and sb.noise.dtype == dtype
+    assert torch.isfinite(SequentialDenoiser(components, p).process(x).float()).all()
 
 
 def test_sdxl_and_tiny_vae_equal_sequential() -> None:

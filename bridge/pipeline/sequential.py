@@ -46,7 +46,8 @@ class SequentialDenoiser(PipelineCore):
         row = lambda name, i: getattr(c, name)[i * frames + f]  # noqa: E731  (step i, frame f)
         n_row = lambda i: noise[i * frames + f:i * frames + f + 1]  # noqa: E731
         if image is not None:
-            z = self.backend.encode(image.to(self.device, self.dtype) * 2.0 - 1.0)
+            z = self.backend.encode(image.to(self.device, self.vae_dtype) * 2.0 - 1.0)
+            z = z.to(self.dtype)
             x = row("a", 0) * z + row("b", 0) * n_row(0)
         else:
             x = n_row(0).clone()
@@ -74,4 +75,4 @@ class SequentialDenoiser(PipelineCore):
                 residual = c_out * (b * stock - b * eps) / a + c_skip * b * stock
                 stock = n_row(i + 1) + (a1 / b1) * residual
             x = a1 * x0 + b1 * n_row(i + 1)
-        return self.backend.decode(x0)
+        return self.backend.decode(x0.to(self.vae_dtype))

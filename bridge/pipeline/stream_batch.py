@@ -83,6 +83,8 @@ class PipelineCore:
         self.components = components
         self.params: dict[str, Any] = clean
         self.device, self.dtype = components.device, components.dtype
+        # Some setups keep the VAE in float32 next to a half-precision UNet.
+        self.vae_dtype: torch.dtype = next(components.vae.parameters()).dtype
         self.frames: int = clean["frame_buffer_size"]
         self.steps: int = len(clean["t_index_list"])
         self.rows = self.steps * self.frames
@@ -195,9 +197,9 @@ class PipelineCore:
 
 
 class StreamBatch(PipelineCore):
-    """The stream-batch pipeline. ``process`` takes F×3×H×W RGB in [0, 1] (None for txt2img) and
-    returns F×3×H×W in [0, 1] on the components' device and dtype (treat it as read-only: a
-    similarity-filter skip returns the same tensor again)."""
+    """The stream-batch pipeline. ``process`` takes F×3×H×W RGB in [0, 1] (None for txt2img)
+    and returns F×3×H×W in [0, 1] on the components' device in the VAE's dtype (treat it as
+    read-only: a similarity-filter skip returns the same tensor again)."""
 
     def __init__(self, components: Components, params: Mapping[str, Any],
                  backend: Backend | None = None) -> None:
@@ -231,7 +233,7 @@ class StreamBatch(PipelineCore):
             self._stock = make(self.rows) if self.cfg_type in RCFG_TYPES else None
             self._stock_next = make(max(self.rows - self.frames, 1))
             self._images = torch.zeros((self.frames, 3, self.height, self.width),
-                                       device=self.device, dtype=self.dtype)
+                                       device=self.device, dtype=self.vae_dtype)
 
     def _derive(self, state: dict[str, Any]) -> dict[str, Any]:
         c: StepCoefficients = state["coeffs"]
@@ -280,6 +282,8 @@ class StreamBatch(PipelineCore):
                     self._step(latents)
                 self.ready = True
             x0_last = self._step(latents)
+            if self.vae_dtype != self.dtype:
+                x0_last = x0_last.to(self.vae_dtype)
             out = self.backend.decode(x0_last).mul_(0.5).add_(0.5).clamp_(0.0, 1.0)
         self.frames_processed += self.frames
         self._last_output = out
