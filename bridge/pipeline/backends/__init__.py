@@ -7,6 +7,9 @@ will use (exported with a static batch): pass ``params`` (the pipeline parameter
 
 No silent fallback: a missing runtime raises ``RuntimeMissingError``; only an explicit
 ``fallback`` (``torch``/``none``/``compile``/``onnxruntime``) is used instead, with a warning.
+
+``hw_range`` (min, max pixels, multiples of 64) is what the graphs/engines accept without a
+rebuild; default 256–1024 widened to include the configured size.
 """
 
 from __future__ import annotations
@@ -37,10 +40,19 @@ def _shape_args(params: Mapping[str, Any] | None, cfg_type: str | None, n: int |
     return cfg_type, n, frames, height, width
 
 
+def default_hw_range(height: int | None, width: int | None) -> tuple[int, int]:
+    """256–1024, widened (to multiples of 64) so it always covers the configured size."""
+    lo, hi = DEFAULT_HW_RANGE
+    if height and width:
+        lo = min(lo, max(64, min(height, width) // 64 * 64))
+        hi = max(hi, -(-max(height, width) // 64) * 64)
+    return lo, hi
+
+
 def create_backend(components: Components, acceleration: str = "none", *,
                    params: Mapping[str, Any] | None = None, cfg_type: str | None = None,
                    n: int | None = None, frames: int | None = None, height: int | None = None,
-                   width: int | None = None, hw_range: tuple[int, int] = DEFAULT_HW_RANGE,
+                   width: int | None = None, hw_range: tuple[int, int] | None = None,
                    precision: str | None = None, fallback: str | None = None, progress: bool = True,
                    cache: Any = None, **options: Any) -> Backend:
     """Backend for ``acceleration``; see the module docstring. ``options`` go to the backend
@@ -70,7 +82,7 @@ def create_backend(components: Components, acceleration: str = "none", *,
 
 def _create(components: Components, acceleration: str, *, params: Mapping[str, Any] | None,
             cfg_type: str | None, n: int | None, frames: int | None, height: int | None,
-            width: int | None, hw_range: tuple[int, int], precision: str | None, progress: bool,
+            width: int | None, hw_range: tuple[int, int] | None, precision: str | None, progress: bool,
             cache: Any, options: Mapping[str, Any]) -> Backend:
     if acceleration in ("none", "compile"):
         from bridge.pipeline.backends.torch_backend import torch_backend
@@ -79,8 +91,8 @@ def _create(components: Components, acceleration: str, *, params: Mapping[str, A
     from bridge.pipeline.backends.onnx_export import check_hw_range, check_size_in_range
     from bridge.pipeline.guidance import unet_rows
 
-    hw_range = check_hw_range(hw_range)
     cfg_type, n, frames, height, width = _shape_args(params, cfg_type, n, frames, height, width)
+    hw_range = check_hw_range(hw_range or default_hw_range(height, width))
     if height is not None and width is not None:
         check_size_in_range(height, width, hw_range)  # fail now, not on the first frame
     rows = unet_rows(cfg_type, n, frames) if cfg_type and n and frames else None

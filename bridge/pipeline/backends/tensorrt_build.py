@@ -253,9 +253,9 @@ def ensure_engine(components: Any, module: str, *, batch: int, hw_range: tuple[i
         onnx_bytes = onnx_entry.size_bytes
         warm = timing.is_file()
         estimate = estimate_build_seconds(cache, onnx_bytes, versions["sm"], warm)
-        log.warning("building TensorRT engine for %s (batch %d, %d..%d px, %s): about %.0f min; "
-                    "done once per configuration, then cached", module, batch, *hw_range, precision,
-                    estimate / 60)
+        about = f"{estimate:.0f} s" if estimate < 90 else f"{estimate / 60:.0f} min"
+        log.warning("building TensorRT engine for %s (batch %d, %d..%d px, %s): about %s; "
+                    "done once per configuration, then cached", module, batch, *hw_range, precision, about)
         meta = build_engine(onnx_entry.file(ONNX_FILE), tmp / ENGINE_FILE, spec, precision=precision,
                             typing=typing, opt_hw=opt_hw, vae_scale=components.vae_scale_factor,
                             timing_cache=timing, progress=progress)
