@@ -53,6 +53,11 @@ def alphas_cumprod_from_config(config: Any) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def timestep_scaling_from_config(config: Any) -> float:
+    """LCM boundary-condition s (diffusers' ``timestep_scaling``; 10 when absent)."""
+    return float(_cfg(config, "timestep_scaling", DEFAULT_TIMESTEP_SCALING))
+
+
 def lcm_timesteps(num_train_timesteps: int = 1000, steps: int = NUM_STEPS) -> list[int]:
     """T[k] for k = 0..steps−1: the LCM grid, descending (T[k] = 999 − 20k for 1000/50)."""
     stride = num_train_timesteps // steps
@@ -173,10 +178,10 @@ def coefficients_for(scheduler_config: Any, t_index_list: Sequence[int], frames:
                      step_kind: str = "lcm", device: torch.device | str = "cpu",
                      dtype: torch.dtype = torch.float32) -> StepCoefficients:
     """Convenience: betas and the LCM boundary scaling s straight from a scheduler config."""
-    scaling = float(_cfg(scheduler_config, "timestep_scaling", DEFAULT_TIMESTEP_SCALING))
     return build_coefficients(alphas_cumprod_from_config(scheduler_config), t_index_list, frames,
-                              step_kind=step_kind, timestep_scaling=scaling, device=device,
-                              dtype=dtype)
+                              step_kind=step_kind,
+                              timestep_scaling=timestep_scaling_from_config(scheduler_config),
+                              device=device, dtype=dtype)
 
 
 def predict_x0(x: torch.Tensor, eps: torch.Tensor, coeffs: StepCoefficients,

@@ -31,8 +31,9 @@ from bridge.pipeline.guidance import (RCFG_TYPES, combine, seed_stock_from_negat
                                       stock_update, unet_rows)
 from bridge.pipeline.prompts import (Embedding, NoiseCache, PromptEncoder, sdxl_time_ids,
                                      stack_rows, weighted_items)
-from bridge.pipeline.schedule import (DEFAULT_TIMESTEP_SCALING, StepCoefficients,
-                                      alphas_cumprod_from_config, build_coefficients, predict_x0)
+from bridge.pipeline.schedule import (StepCoefficients, alphas_cumprod_from_config,
+                                      build_coefficients, predict_x0,
+                                      timestep_scaling_from_config)
 from bridge.pipeline.similarity import SimilarityFilter
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,7 @@ class PipelineCore:
         scale = components.vae_scale_factor
         self.latent_shape = (components.latent_channels, self.height // scale, self.width // scale)
         self._alphas = alphas_cumprod_from_config(components.scheduler.config)
-        self._timestep_scaling = float(getattr(components.scheduler.config, "timestep_scaling",
-                                               DEFAULT_TIMESTEP_SCALING))
+        self._timestep_scaling = timestep_scaling_from_config(components.scheduler.config)
         if backend is None:
             from bridge.pipeline.backends.torch_backend import torch_backend
             backend = torch_backend(components)
@@ -132,10 +132,8 @@ class PipelineCore:
         return self.cfg_type in ("full", "initialize")
 
     def _prepare(self, params: Mapping[str, Any], changed: set[str]) -> dict[str, Any]:
-        state: dict[str, Any] = {"cond": self.__dict__.get("cond"),
-                                 "negative": self.__dict__.get("negative"),
-                                 "coeffs": self.__dict__.get("coeffs"),
-                                 "noise": self.__dict__.get("noise")}
+        state: dict[str, Any] = {name: getattr(self, name, None)
+                                 for name in ("cond", "negative", "coeffs", "noise")}
         if changed & set(_CONDITIONING):
             negative = params["negative_prompt"]
             extra = [negative] if self.uses_negative else []
