@@ -83,3 +83,13 @@ def test_bench_pipeline_bad_arguments(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["bench", "pipeline", "--frames", "0", "--json"]) == 2
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["code"] == "invalid_config" and "frames" in error["message"]
+
+
+def test_demo_sdxl_family_with_tiny_vae(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The SDXL conditioning path and the tiny autoencoder, end to end through the CLI."""
+    code = main(["demo", "--model", "tiny-sdxl", "--tiny-vae", "tiny", "--cfg-type", "full",
+                 "--frames", "2", "--width", "64", "--height", "64", "--threads", "1",
+                 "--out", str(tmp_path), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["model"] == "tiny-sdxl" and summary["files"] == 2
+    assert all(Image.open(f).size == (64, 64) for f in tmp_path.glob("*.png"))
