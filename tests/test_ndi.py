@@ -70,16 +70,11 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def _wait_visible(name: str, timeout: float = 10.0) -> SourceInfo:
-    finder = _ndi.Finder(extra_ips="127.0.0.1")
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = ndi.match_source(name, finder.sources())
-            if found:
-                return found
-            finder.wait(0.25)
-    finally:
-        finder.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = ndi.match_source(name, ndi.scan("127.0.0.1"))
+        if found:
+            return found
     raise AssertionError(f"peer sender {name!r} never became visible")
 
 
@@ -220,6 +215,25 @@ def test_unknown_source_name_lists_what_was_found() -> None:
 
 @pytest.mark.ndi
 @requires_ndi
+def test_discovery_sees_senders_in_several_processes() -> None:
+    # Each NDI process on a host listens on port 5960 and one direct query reaches only one of
+    # them; rotating finders must still find every sender.
+    names = [_unique_name(f"multi{i}") for i in range(3)]
+    peers = [_spawn("send", name, "20") for name in names]
+    try:
+        _wait_visible(names[0])
+        found = {ndi.sender_part(s.name) for s in ndi.discover(timeout=3.0)}
+        with ndi.NDISource(names[2], timeout=10) as src:
+            counter = _check_pattern(src.receive(5.0).pixels[..., [2, 1, 0]])
+    finally:
+        for peer in peers:
+            _stop(peer)
+    assert set(names) <= found, f"missing: {set(names) - found}"
+    assert counter >= 0
+
+
+@pytest.mark.ndi
+@requires_ndi
 def test_source_survives_sender_restart() -> None:
     name = _unique_name("restart")
     peer = _spawn("send", name, "30")
@@ -307,12 +321,14 @@ def _peer_send(name: str, seconds: float, first: int = 0) -> None:
 def _peer_recv(full_name: str, frames: int) -> None:
     """Raw NDIlib receiver: prints decoded counters and per-channel errors as JSON."""
     lib = _ndi.lib()
-    finder = lib.find_create_v2(lib.FindCreate(True, None, "127.0.0.1"))
     source = None
     deadline = time.monotonic() + 20
     while source is None and time.monotonic() < deadline:
-        lib.find_wait_for_sources(finder, 250)
+        # A fresh finder each time: one direct query reaches only one NDI process on the host.
+        finder = lib.find_create_v2(lib.FindCreate(True, None, "127.0.0.1"))
+        lib.find_wait_for_sources(finder, 100)
         source = next((s for s in lib.find_get_current_sources(finder) if s.ndi_name == full_name), None)
+        lib.find_destroy(finder)
     if source is None:
         sys.exit(f"peer: {full_name!r} not found")
     settings = lib.RecvCreateV3()
@@ -336,7 +352,6 @@ def _peer_recv(full_name: str, frames: int) -> None:
         means.append(float(diff.reshape(-1, 3).mean(axis=0).max()))
         p99s.append(float(np.percentile(diff.reshape(-1, 3), 99, axis=0).max()))
     lib.recv_destroy(receiver)
-    lib.find_destroy(finder)
     print(json.dumps({"counters": counters, "mean_err": means, "p99_err": p99s, "fourcc": fourcc,
                       "meta_seq_matches_counter": meta_ok}))
 

@@ -3,14 +3,18 @@
 Discovery: a finder asks the hosts in ``extra_ips`` directly (default ``127.0.0.1``) besides
 mDNS, so a sender on this machine is found even where multicast DNS is blocked (containers,
 locked-down networks). A direct ``url`` ("ip:port") skips discovery altogether.
+Asking a host directly has a catch: every NDI process on that host listens on port 5960
+(SO_REUSEPORT) and the kernel gives a finder's connection to just *one* of them, so one finder
+sees only that process's senders. ``scan`` therefore rotates short-lived finders and merges
+what they saw.
 
 Names: NDI calls a sender ``"MACHINE (name)"``. ``NDISource(name=...)`` accepts the full name,
 the part in brackets, or a unique case-insensitive substring of the full name.
 
 Reconnect: when no frame arrived for ``reconnect_after`` seconds and the receiver has no
-connection, the source re-runs discovery with a fresh finder (a long-lived finder only notices a
-restarted sender after several seconds) and reconnects; meanwhile ``receive`` raises
-``FrameTimeout`` saying the sender is gone.
+connection, the source keeps scanning with fresh finders (a long-lived finder only notices a
+restarted sender after several seconds, on its new port) and reconnects; meanwhile ``receive``
+raises ``FrameTimeout`` saying the sender is gone.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from bridge.io.base import Availability, FrameSink, FrameSource
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.25  # capture slice, so reconnect checks run even inside a long receive timeout
+_SCAN_WAIT_S = 0.1  # one finder's look: loopback/LAN answers arrive well within it
+_RESCAN_S = 0.2  # while the sender is gone, look for it this often
 _RECEIVE_FORMATS = {"BGRA", "BGRX", "RGBA", "RGBX"}
 SINK_FORMATS = ("BGRA", "BGRX", "RGBA", "RGBX", "UYVY")
 
@@ -52,17 +58,29 @@ def availability() -> Availability:
     return Availability.yes()
 
 
-def discover(timeout: float = 2.0, extra_ips: str = "127.0.0.1") -> list[SourceInfo]:
-    """Every NDI source visible within ``timeout`` seconds (waits the whole timeout: sources
-    on other machines keep arriving after the first ones)."""
+def scan(extra_ips: str, wait_s: float = _SCAN_WAIT_S) -> list[SourceInfo]:
+    """What one fresh finder sees within ``wait_s`` (returns as soon as it sees anything)."""
     finder = _ndi.Finder(extra_ips=extra_ips)
     try:
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            finder.wait(min(remaining, _POLL_S))
-        return _unique(finder.sources())
+        deadline = time.monotonic() + wait_s
+        sources = finder.sources()
+        while not sources and (remaining := deadline - time.monotonic()) > 0:
+            finder.wait(remaining)
+            sources = finder.sources()
+        return _unique(sources)
     finally:
         finder.close()
+
+
+def discover(timeout: float = 2.0, extra_ips: str = "127.0.0.1") -> list[SourceInfo]:
+    """Every NDI source seen by finders rotated for ``timeout`` seconds (at least one look)."""
+    seen: dict[str, SourceInfo] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        for source in scan(extra_ips, min(_SCAN_WAIT_S, max(0.0, deadline - time.monotonic()))):
+            seen[source.name] = source  # a later look has the newer URL
+        if time.monotonic() >= deadline:
+            return sorted(seen.values(), key=lambda s: s.name)
 
 
 def sender_part(full_name: str) -> str:
@@ -124,12 +142,11 @@ class NDISource(FrameSource):
         self.connected_to: SourceInfo | None = None
         self.last_metadata = ""  # per-frame metadata the sender attached (NDISink adds seq/time)
         self.reconnects = 0
-        self._finder: _ndi.Finder | None = None
         self._receiver: _ndi.Receiver | None = None
         self._seq = 0
         self._last_frame_at = 0.0
-        self._last_rediscover = 0.0
-        self._rediscovered = True  # False while a fresh finder has not yet led to a reconnect
+        self._last_rescan = 0.0
+        self._last_connect = 0.0
         self._lock = threading.RLock()
         self._closed = False
 
@@ -143,7 +160,6 @@ class NDISource(FrameSource):
             if self._receiver is not None:
                 return
             self._closed = False
-            self._finder = _ndi.Finder(extra_ips=self.extra_ips)
         try:
             target = SourceInfo(self.name, self.url) if self.url else self._find(self.timeout)
             with self._lock:
@@ -161,9 +177,6 @@ class NDISource(FrameSource):
             if self._receiver is not None:
                 self._receiver.close()
                 self._receiver = None
-            if self._finder is not None:
-                self._finder.close()
-                self._finder = None
             self.connected_to = None
 
     def _check_open(self) -> None:
@@ -207,22 +220,22 @@ class NDISource(FrameSource):
     # -- discovery and reconnect -----------------------------------------------------------
 
     def _find(self, timeout: float) -> SourceInfo:
+        seen: dict[str, SourceInfo] = {}
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
                 self._check_open()
-                assert self._finder is not None
-                found = match_source(self.name, self._finder.sources())
-                if found is not None:
-                    return found
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    seen = [s.name for s in _unique(self._finder.sources())]
-                    break
-                self._finder.wait(min(remaining, _POLL_S))
+                for source in scan(self.extra_ips, min(_SCAN_WAIT_S, max(0.0, remaining))):
+                    seen[source.name] = source
+            found = match_source(self.name, list(seen.values()))
+            if found is not None:
+                return found
+            if remaining <= 0:
+                break
         raise SourceNotFoundError(
             f"no NDI source matching {self.name!r} within {timeout:g}s "
-            f"(extra_ips={self.extra_ips!r}); found: {seen if seen else 'none'}",
+            f"(extra_ips={self.extra_ips!r}); found: {sorted(seen) if seen else 'none'}",
             fix="start the sender, use one of the names found (full 'MACHINE (name)' or a unique part), "
                 "or add the sender's host to extra_ips",
         )
@@ -232,29 +245,23 @@ class NDISource(FrameSource):
         log.info("NDI: connecting to %s at %s", target.name, target.url or "(discovery)")
         self._receiver.connect(target)
         self.connected_to = target
+        self._last_connect = time.monotonic()
 
     def _maybe_reconnect(self) -> None:
+        """While the sender is gone, look for it (a restarted sender has a new port)."""
         assert self._receiver is not None
         now = time.monotonic()
         if now - self._last_frame_at < self.reconnect_after or self._receiver.connections() > 0:
             return
-        if self.url:  # direct URL: nothing to discover, just ask again now and then
-            if now - self._last_rediscover >= self.reconnect_after:
-                self._last_rediscover = now
-                self._connect(SourceInfo(self.name, self.url))
+        if now - self._last_rescan < _RESCAN_S:
             return
-        if now - self._last_rediscover >= 2 * self.reconnect_after:
-            # A fresh finder sees a restarted sender at once; the old one takes seconds.
-            self._last_rediscover = now
-            if self._finder is not None:
-                self._finder.close()
-            self._finder = _ndi.Finder(extra_ips=self.extra_ips)
-            self._rediscovered = False
-        found = match_source(self.name, self._finder.sources()) if self._finder else None
-        if found is not None and not self._rediscovered:
-            self._rediscovered = True
+        self._last_rescan = now
+        target = SourceInfo(self.name, self.url) if self.url else match_source(self.name, scan(self.extra_ips))
+        if target is None:
+            return
+        if target != self.connected_to or now - self._last_connect >= self.reconnect_after:
             self.reconnects += 1
-            self._connect(found)
+            self._connect(target)
 
     def _target_name(self) -> str:
         return self.connected_to.name if self.connected_to else self.name
