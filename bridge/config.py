@@ -81,6 +81,9 @@ SECTIONS: dict[str, tuple[Opt, ...]] = {
             "x0; auto = turbo when the id contains `turbo`.", choices=("auto", "lcm", "turbo")),
         Opt("family", "enum", "auto", "sd or sdxl; auto = detected from the weights.",
             choices=("auto", "sd", "sdxl")),
+        Opt("threads", "int", 0, "torch CPU threads (process-wide); 0 = torch's default (one "
+            "per core). 1 is much steadier when other programs load the CPU.", minimum=0,
+            maximum=256),
         Opt("acceleration", "enum", "none", "How UNet and VAE run: eager torch, torch.compile, "
             "ONNX Runtime or TensorRT engines.", choices=ACCELERATIONS),
         Opt("fallback", "enum", None, "Acceleration to use instead when the requested one is not "
@@ -151,6 +154,7 @@ class ModelConfig:
     device: str = "auto"
     step_kind: str = "auto"
     family: str = "auto"
+    threads: int = 0
     acceleration: str = "none"
     fallback: str | None = None
 

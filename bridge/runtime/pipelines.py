@@ -134,6 +134,8 @@ def stream_batch_factory(preset: Preset, params: Mapping[str, Any], *,
     from bridge.pipeline.models import load_components
     from bridge.pipeline.stream_batch import StreamBatch
 
+    if preset.model.threads:
+        torch.set_num_threads(preset.model.threads)
     spec = resolve_model_spec(preset.model)
     components = load_components(spec, progress=progress)
     acceleration = preset.model.acceleration
