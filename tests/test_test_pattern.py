@@ -10,6 +10,7 @@ from bridge.io.null import NullSink
 from bridge.io.test_pattern import (
     TestPatternSource,
     decode_counter,
+    render,
     render_rgb,
     schedule_next,
     to_pixel_format,
@@ -112,9 +113,24 @@ def test_pixel_formats_are_channel_permutations() -> None:
     assert np.array_equal(rgba[..., :3], rgb) and (rgba[..., 3] == 255).all()
 
 
+@pytest.mark.parametrize("fmt", ["BGRA", "RGBA", "BGRX", "RGBX", "RGB", "BGR"])
+def test_direct_render_equals_rgb_rearranged(fmt: str) -> None:
+    for index in (0, 5, 200):
+        expected = to_pixel_format(render_rgb(96, 64, index), PixelFormat(fmt))
+        assert np.array_equal(render(96, 64, index, PixelFormat(fmt)), expected)
+
+
+def test_uyvy_pattern_decodes_after_conversion() -> None:
+    from bridge.frame_convert import convert
+
+    frame = TestPatternSource(128, 96, fps=0, pixel_format="UYVY").receive(0.0)
+    assert frame.pixel_format is PixelFormat.UYVY and frame.pixels.shape == (96, 128, 2)
+    assert decode_counter(convert(frame.pixels, PixelFormat.UYVY, PixelFormat.RGB)) == 0
+
+
 @pytest.mark.parametrize("kwargs, field", [
     ({"width": 0}, "source.width"), ({"height": 512.5}, "source.height"),
-    ({"fps": -1}, "source.fps"), ({"pixel_format": "UYVY"}, "source.pixel_format"),
+    ({"fps": -1}, "source.fps"), ({"pixel_format": "UYVY", "width": 63}, "source.width"),
     ({"pixel_format": "nope"}, "source.pixel_format"),
 ])
 def test_bad_options_name_the_field(kwargs: dict, field: str) -> None:

@@ -68,9 +68,12 @@ def counter_geometry(width: int, height: int) -> tuple[int, int, int]:
     return scale, scale, scale
 
 
-def render_counter(rgb: np.ndarray, value: int) -> None:
-    """Burn ``value`` (mod 10**COUNTER_DIGITS, zero padded) into ``rgb`` in place, clipped."""
-    height, width = rgb.shape[:2]
+def render_counter(image: np.ndarray, value: int) -> None:
+    """Burn ``value`` (mod 10**COUNTER_DIGITS, zero padded) into ``image`` in place, clipped.
+
+    Works on any RGB-family byte order: only the first three channels are written (black box,
+    white glyphs), so an alpha/padding byte keeps its value."""
+    height, width = image.shape[:2]
     scale, x0, y0 = counter_geometry(width, height)
     text = f"{value % 10 ** COUNTER_DIGITS:0{COUNTER_DIGITS}d}"
     bitmap = np.zeros((_FONT_H + 2, COUNTER_DIGITS * (_FONT_W + 1) + 1), dtype=bool)
@@ -82,7 +85,7 @@ def render_counter(rgb: np.ndarray, value: int) -> None:
     w = min(big.shape[1], width - x0)
     if h <= 0 or w <= 0:
         return
-    box = rgb[y0:y0 + h, x0:x0 + w]
+    box = image[y0:y0 + h, x0:x0 + w, :3]
     box[:] = 0
     box[big[:h, :w]] = 255
 
@@ -113,26 +116,38 @@ def decode_counter(rgb: np.ndarray) -> int:
     return value
 
 
-def render_rgb(width: int, height: int, index: int) -> np.ndarray:
-    """One RGB test-pattern frame: 8 bars scrolling right by width/128 px per frame + counter."""
+def render(width: int, height: int, index: int, fmt: PixelFormat = PixelFormat.RGB) -> np.ndarray:
+    """One test-pattern frame drawn directly in ``fmt`` (an RGB-family byte order): 8 bars
+    scrolling right by width/128 px per frame, a luma ramp in the bottom quarter, the counter.
+
+    Drawing in the target order (palette permuted, one broadcast row) keeps this about one
+    memcpy per frame, so the pattern never limits a benchmark."""
+    order, alpha = _CHANNEL_ORDER[fmt]
+    palette = np.full((len(BAR_COLOURS_RGB), 4 if alpha else 3), 255, dtype=np.uint8)
+    palette[:, :3] = BAR_COLOURS_RGB[:, list(order)]
     bar = (np.arange(width) * len(BAR_COLOURS_RGB)) // width
     shift = (index * max(1, width // 128)) % width
-    row = BAR_COLOURS_RGB[np.roll(bar, shift)]
-    rgb = np.ascontiguousarray(np.broadcast_to(row, (height, width, 3)))
-    # A vertical luma ramp in the lower quarter shows gradients/banding through lossy paths.
-    ramp_top = height - height // 4
+    image = np.empty((height, width, palette.shape[1]), dtype=np.uint8)
+    image[:] = palette[np.roll(bar, shift)]
+    # A horizontal luma ramp in the lower quarter shows gradients/banding through lossy paths.
     ramp = np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)
-    rgb[ramp_top:, :, :] = ramp[None, :, None]
-    render_counter(rgb, index)
-    return rgb
+    image[height - height // 4:, :, :3] = ramp[None, :, None]
+    render_counter(image, index)
+    return image
+
+
+def render_rgb(width: int, height: int, index: int) -> np.ndarray:
+    """``render`` in RGB order (the reference the tests compare received frames with)."""
+    return render(width, height, index, PixelFormat.RGB)
 
 
 def to_pixel_format(rgb: np.ndarray, fmt: PixelFormat) -> np.ndarray:
-    """Arrange RGB pixels into one of the byte orders the pattern supports (alpha = 255)."""
+    """Arrange RGB pixels into one of the RGB-family byte orders (alpha/padding = 255)."""
     order, alpha = _CHANNEL_ORDER[fmt]
     height, width = rgb.shape[:2]
     out = np.empty((height, width, 4 if alpha else 3), dtype=np.uint8)
-    out[..., :3] = rgb[..., list(order)]
+    for dst, src in enumerate(order):  # per-channel strided copies beat fancy indexing here
+        out[..., dst] = rgb[..., src]
     if alpha:
         out[..., 3] = 255
     return out
@@ -156,7 +171,7 @@ class TestPatternSource(FrameSource):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.width, self.height, self.fps = _check_size("width", width), _check_size("height", height), fps
-        self.pixel_format = _check_format(pixel_format)
+        self.pixel_format = _check_format(pixel_format, self.width)
         if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not fps >= 0 or fps > 1000:
             raise ConfigError(Problem("source.fps", fps, "must be a number in 0..1000",
                                       "use 30 for a live-like source, 0 for as fast as asked"))
@@ -187,7 +202,12 @@ class TestPatternSource(FrameSource):
         if wait_s > 0:
             self._sleep(wait_s)
         self._last_index = index
-        pixels = to_pixel_format(render_rgb(self.width, self.height, index), self.pixel_format)
+        if self.pixel_format is PixelFormat.UYVY:
+            from bridge.frame_convert import convert
+
+            pixels = convert(render_rgb(self.width, self.height, index), PixelFormat.RGB, PixelFormat.UYVY)
+        else:
+            pixels = render(self.width, self.height, index, self.pixel_format)
         return Frame(pixels, self.pixel_format, seq=index, timestamp_ns=self._clock(), source=self.name)
 
 
@@ -198,12 +218,12 @@ def _check_size(field: str, value: object) -> int:
     return value
 
 
-def _check_format(value: object) -> PixelFormat:
+def _check_format(value: object, width: int) -> PixelFormat:
     try:
         fmt = PixelFormat(value)
     except ValueError:
-        fmt = None
-    if fmt not in _CHANNEL_ORDER:
-        raise ConfigError(Problem("source.pixel_format", value, "not supported by the test pattern",
-                                  f"use one of: {', '.join(f.value for f in _CHANNEL_ORDER)}"))
+        raise ConfigError(Problem("source.pixel_format", value, "unknown pixel format",
+                                  f"use one of: {', '.join(f.value for f in PixelFormat)}")) from None
+    if fmt is PixelFormat.UYVY and width % 2:
+        raise ConfigError(Problem("source.width", width, "UYVY needs an even width", "use e.g. 512"))
     return fmt
