@@ -13,6 +13,7 @@ over frames, so a busy machine skews them alike.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,14 +23,16 @@ from bridge.commands.demo import (add_model_arguments, apply_threads, model_spec
                                   t_index_for_steps, to_tensor)
 from bridge.errors import ConfigError, Problem
 
+log = logging.getLogger(__name__)
+
 CFG_TYPES = ("none", "full", "self", "initialize")
-WARMUP_CALLS = 2  # first call primes the latent buffer; one more settles allocators/caches
+WARMUP_CALLS = 1  # the first call primes the latent buffer (n−1 extra UNet calls) and allocators
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=4, help="denoising steps n (default %(default)s)")
-    parser.add_argument("--frames", type=int, default=6,
+    parser.add_argument("--frames", type=int, default=5,
                         help="timed frames per measurement (default %(default)s)")
     parser.add_argument("--cfg-type", default="self", choices=CFG_TYPES,
                         help="guidance for the main stream-batch/sequential figures (default %(default)s)")
@@ -195,7 +198,7 @@ def _diffusers_img2img(components: Any, steps: list[int], prompt: Any,
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.frames < 1:
-        raise ConfigError(Problem("frames", args.frames, "must be >= 1", "use e.g. 6"))
+        raise ConfigError(Problem("frames", args.frames, "must be >= 1", "use e.g. 5"))
     import torch
     from tqdm import tqdm
 
@@ -205,6 +208,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bridge.pipeline.stream_batch import StreamBatch
 
     apply_threads(args.threads)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if busy > (os.cpu_count() or 1) and torch.get_num_threads() > 1:
+        log.warning("machine busy (load %.1f on %d CPUs): multi-threaded torch will be slow and "
+                    "noisy; --threads 1 gives steadier figures", busy, os.cpu_count())
     t_index = t_index_for_steps(args.steps)
     base = pipeline_params(args.width, args.height, args.steps, cfg_type=args.cfg_type)
     components = load_components(model_spec(args), progress=not args.json)
