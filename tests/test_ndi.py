@@ -205,8 +205,11 @@ def test_unknown_source_name_lists_what_was_found() -> None:
     try:
         _wait_visible(name)
         missing = _unique_name("missing")
+        src = ndi.NDISource(missing, timeout=3.0)
         with pytest.raises(SourceNotFoundError) as info:
-            ndi.NDISource(missing, timeout=3.0).open()
+            src.open()
+        with pytest.raises(SourceNotFoundError):  # a failed open is retried, not "closed"
+            src.receive(0.1)
     finally:
         _stop(peer)
     text = str(info.value)

@@ -168,12 +168,16 @@ class NDISource(FrameSource):
                 self._connect(target)
                 self._last_frame_at = time.monotonic()
         except BaseException:
-            self.close()
+            self._release()  # not closed: a later receive() may try to open again
             raise
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
             if self._receiver is not None:
                 self._receiver.close()
                 self._receiver = None
