@@ -105,8 +105,9 @@ def test_missing_weights_name_the_pull_command(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir("tiny"), broken)
     shutil.rmtree(broken / "text_encoder")
-    with pytest.raises(WeightsNotFoundError, match="no text_encoder/ part"):
+    with pytest.raises(WeightsNotFoundError, match="no text_encoder/ part") as missing:
         load_components(ModelSpec(str(broken)), progress=False)
+    assert f"sdbridge models pull {broken}" in str(missing.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="not a diffusers pipeline folder"):
         load_components(ModelSpec(str(tmp_path / "empty")), progress=False)
@@ -241,3 +242,6 @@ def test_models_pull_plan() -> None:
                                               "fp16", "--tiny-vae"]))
     assert xl[1][0] == "madebyollin/taesdxl"
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in xl[0][1]["allow_patterns"]
+    configs = plan_pull(build_parser().parse_args(["models", "pull", "owner/base", "--configs-only"]))
+    assert configs[0][1]["allow_patterns"] and not any(
+        p.endswith(".safetensors") for p in configs[0][1]["allow_patterns"])

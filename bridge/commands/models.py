@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pull.add_argument("model_id", help="Hugging Face id (owner/name), or tiny / tiny-sdxl")
     pull.add_argument("--file", help="download only this single-file checkpoint from the repo")
     pull.add_argument("--variant", choices=("fp16",), help="fetch the fp16 weight files (smaller)")
+    pull.add_argument("--configs-only", action="store_true",
+                      help="configs and tokenizers only (what single-file checkpoints need)")
     pull.add_argument("--lcm-lora", nargs="?", const="auto", metavar="ID",
                       help="also fetch an LCM-LoRA (default: the one for the model's family)")
     pull.add_argument("--tiny-vae", nargs="?", const="auto", metavar="ID",
@@ -46,12 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --- pull -------------------------------------------------------------------------------------
 
 
+CONFIG_PATTERNS = ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer*/*"]
+
+
 def pipeline_patterns(variant: str | None) -> list[str]:
     """Configs, tokenizers and one set of safetensors weights: no .bin/.ckpt/onnx duplicates."""
     v = f".{variant}" if variant else ""
-    return ["model_index.json", "*/config.json", "scheduler/*.json", "tokenizer*/*",
-            f"unet/diffusion_pytorch_model{v}.safetensors", f"vae/diffusion_pytorch_model{v}.safetensors",
-            f"unet/diffusion_pytorch_model{v}.safetensors.index.json",
+    return [*CONFIG_PATTERNS, f"unet/diffusion_pytorch_model{v}.safetensors",
+            f"vae/diffusion_pytorch_model{v}.safetensors", f"unet/diffusion_pytorch_model{v}.safetensors.index.json",
             f"unet/diffusion_pytorch_model{v}-*.safetensors",
             f"text_encoder*/model{v}.safetensors", f"text_encoder*/model{v}.safetensors.index.json",
             f"text_encoder*/model{v}-*.safetensors"]
@@ -64,7 +68,9 @@ def guess_family(model_id: str) -> str:
 def plan_pull(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """(repo id, snapshot_download kwargs) for everything the command line asks for."""
     family = guess_family(args.model_id)
-    if args.file:
+    if args.configs_only:
+        plan = [(args.model_id, {"allow_patterns": CONFIG_PATTERNS})]
+    elif args.file:
         plan = [(args.model_id, {"allow_patterns": [args.file, "*.json"]})]
     else:
         plan = [(args.model_id, {"allow_patterns": pipeline_patterns(args.variant)})]

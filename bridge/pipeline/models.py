@@ -136,7 +136,7 @@ def load_components(spec: ModelSpec, progress: bool = True) -> Components:
     if source.is_file():
         parts, files = _load_single_file(source, spec, dtype)
     elif (source / "model_index.json").exists() or (source / "unet").is_dir():
-        parts, files = _load_folder(source, dtype, progress)
+        parts, files = _load_folder(source, dtype, progress, spec.id_or_path)
     else:
         raise ModelError(f"model {spec.id_or_path!r} at {source} is not a diffusers pipeline folder "
                          "(no model_index.json or unet/)",
@@ -173,7 +173,8 @@ def load_components(spec: ModelSpec, progress: bool = True) -> Components:
                       identity=identity)
 
 
-def _load_folder(folder: Path, dtype: Any, progress: bool) -> tuple[dict[str, Any], list[Path]]:
+def _load_folder(folder: Path, dtype: Any, progress: bool,
+                 model_id: str) -> tuple[dict[str, Any], list[Path]]:
     import diffusers
     import transformers
     from tqdm import tqdm
@@ -190,7 +191,7 @@ def _load_folder(folder: Path, dtype: Any, progress: bool) -> tuple[dict[str, An
         sub = folder / name
         if not sub.is_dir():
             raise WeightsNotFoundError(f"model folder {folder} has no {name}/ part",
-                                       fix=f"re-download the whole model: {pull_hint(folder.name)}")
+                                       fix=f"re-download the whole model: {pull_hint(model_id)}")
         kwargs: dict[str, Any] = {"local_files_only": True}
         if name in ("unet", "vae", "text_encoder", "text_encoder_2"):
             kwargs["torch_dtype"] = dtype
@@ -200,7 +201,7 @@ def _load_folder(folder: Path, dtype: Any, progress: bool) -> tuple[dict[str, An
             parts[name] = classes[name].from_pretrained(str(sub), **kwargs)
         except (OSError, ValueError, EnvironmentError) as exc:
             raise WeightsNotFoundError(f"could not load {name} from {sub}: {exc}",
-                                       fix=f"the download looks incomplete; {pull_hint(folder.name)}"
+                                       fix=f"the download looks incomplete; {pull_hint(model_id)}"
                                        ) from exc
     files = [p for n in names for p in sorted((folder / n).rglob("*")) if p.is_file()]
     return parts, files
@@ -248,9 +249,10 @@ def _load_single_file(path: Path, spec: ModelSpec, dtype: Any) -> tuple[dict[str
         base = "stabilityai/stable-diffusion-xl-base-1.0" if is_xl else \
             "stable-diffusion-v1-5/stable-diffusion-v1-5"
         raise WeightsNotFoundError(
-            f"cannot map single-file checkpoint {path.name}: its diffusers configs are not on disk "
-            f"({exc})", fix=f"{pull_hint(base)} (configs only are enough) or pass "
-                            "single_file_config=<diffusers folder>") from exc
+            f"cannot map single-file checkpoint {path.name}: the base model's diffusers configs "
+            f"are not on disk ({exc})",
+            fix=f"fetch the configs of the base repo named above once, e.g. `sdbridge models pull "
+                f"{base} --configs-only`, or pass single_file_config=<diffusers folder>") from exc
     parts = {name: getattr(pipe, name, None) for name in
              ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")}
     from diffusers import LCMScheduler
