@@ -1,4 +1,6 @@
-"""`sdbridge demo`: run the StreamDiffusion pipeline over a moving test pattern and write PNGs.
+"""`sdbridge demo`: the daemon on the embedded default preset — moving test pattern -> model
+-> shared memory (stream ``sdbridge-demo``) + numbered PNGs — for ``--frames`` frames, or until
+Ctrl-C with ``--frames 0`` (control socket on, so ``sdbridge ctl set prompt=...`` works).
 
 Needs nothing but this package: the default model is the built-in random-weight ``tiny`` (its
 pictures are noise-like by design; pass --model with a real model id for real images).
@@ -9,14 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import ConfigError, Problem
+from bridge.errors import ConfigError, PipelineError, Problem
 
 DEFAULT_FRAMES = 30
 DEFAULT_OUT = "sdbridge-out"
+DEFAULT_SHM = "sdbridge-demo"
 # StreamDiffusion's usual 4-step img2img indices; fewer steps keep the last (least-noisy) ones.
 FOUR_STEPS = (0, 16, 32, 45)
 
@@ -57,13 +61,16 @@ def apply_threads(threads: int) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run the pipeline on a moving test pattern, write PNGs",
+    demo = sub.add_parser("demo", help="run the daemon on a moving test pattern: shared memory + PNGs",
                           description=__doc__)
     add_model_arguments(demo)
     demo.add_argument("--frames", type=int, default=DEFAULT_FRAMES,
-                      help="frames to process (default %(default)s)")
+                      help="frames to write, then stop (default %(default)s); 0 = serve until "
+                           "Ctrl-C with the control socket on (no PNGs)")
     demo.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
                       help="output folder for PNGs (default ./%(default)s)")
+    demo.add_argument("--shm-name", default=DEFAULT_SHM,
+                      help="shared-memory stream the frames are also published to (default %(default)s)")
     demo.add_argument("--prompt", default="a photo of a cat, cyberpunk neon style")
     demo.add_argument("--steps", type=int, default=2, help="denoising steps n (default %(default)s)")
     demo.add_argument("--cfg-type", default="self", choices=("none", "full", "self", "initialize"))
@@ -94,58 +101,111 @@ def to_tensor(rgb: Any, device: Any, dtype: Any) -> Any:
     return torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].to(dtype).div_(255.0)
 
 
-def to_rgb8(image: Any) -> Any:
-    """3×H×W tensor in [0, 1] -> H×W×3 uint8 numpy."""
-    import numpy as np
-    import torch
+def demo_preset(args: argparse.Namespace) -> Any:
+    """The embedded default preset with this command's flags applied, validated all at once."""
+    from bridge.config import DEFAULT_PRESET, validate_preset
 
-    rgb = image.float().permute(1, 2, 0).mul(255.0).round().to(torch.uint8).cpu().numpy()
-    return np.ascontiguousarray(rgb)
+    raw = dict(DEFAULT_PRESET)
+    raw["model"] = {"id": args.model, "lcm_lora": args.lcm_lora, "tiny_vae": args.tiny_vae,
+                    "device": args.device, "dtype": args.dtype, "threads": args.threads}
+    raw.update(width=args.width, height=args.height, prompt=args.prompt, cfg_type=args.cfg_type,
+               t_index_list=t_index_for_steps(args.steps), output_format="RGB")
+    raw["source"] = {"kind": "test_pattern", "width": args.width, "height": args.height, "fps": 30}
+    sinks: list[dict[str, Any]] = [{"kind": "shm", "name": args.shm_name, "pixel_format": "BGRA"}]
+    if args.frames:
+        sinks.append({"kind": "png", "path": str(args.out), "digits": 5})
+    raw["sink"] = sinks
+    raw["control"] = {"enabled": args.frames == 0}
+    return validate_preset(raw)
+
+
+class _FrameBudget:
+    """Wraps the PNG sink: passes the first ``limit`` processed frames (not fallback frames),
+    records when they left, and signals when the budget is spent."""
+
+    def __init__(self, sink: Any, limit: int, progress: Any) -> None:
+        self.sink, self.limit, self.progress = sink, limit, progress
+        self.times: list[float] = []
+        self.done = threading.Event()
+
+    def open(self) -> None:
+        self.sink.open()
+
+    def close(self) -> None:
+        self.sink.close()
+
+    def send(self, frame: Any) -> None:
+        if len(self.times) >= self.limit or frame.source == "fallback":
+            return
+        self.sink.send(frame)
+        self.times.append(time.perf_counter())
+        self.progress.update(1)
+        if len(self.times) >= self.limit:
+            self.done.set()
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.frames < 1:
-        raise ConfigError(Problem("frames", args.frames, "must be >= 1", "use e.g. 30"))
+    if args.frames < 0:
+        raise ConfigError(Problem("frames", args.frames, "must be >= 0",
+                                  "use e.g. 30, or 0 to serve until Ctrl-C"))
+    preset = demo_preset(args)  # every problem reported before anything loads or is created
+    from bridge.config import preflight
+
+    preflight(preset)
     apply_threads(args.threads)
-    from PIL import Image
+    if args.frames == 0:
+        from bridge.commands.serve import serve
+
+        print(f"serving the demo: shared memory {args.shm_name!r}, control on "
+              f"{preset.control.command_endpoint}; Ctrl-C to stop", file=sys.stderr)
+        return serve(preset)
+    return _run_frames(args, preset)
+
+
+def _run_frames(args: argparse.Namespace, preset: Any) -> int:
     from tqdm import tqdm
 
-    from bridge.io.test_pattern import TestPatternSource
-    from bridge.pipeline.models import load_components
-    from bridge.pipeline.stream_batch import StreamBatch
+    from bridge.runtime.daemon import Daemon
+    from bridge.runtime.pipelines import stream_batch_factory
+    from bridge.runtime.workers import default_sink_factory
 
-    params = pipeline_params(args.width, args.height, args.steps, prompt=args.prompt,
-                             cfg_type=args.cfg_type)
-    components = load_components(model_spec(args), progress=not args.json)
-    pipe = StreamBatch(components, params)
-    source = TestPatternSource(args.width, args.height, fps=0, pixel_format="RGB", name="demo")
-    args.out.mkdir(parents=True, exist_ok=True)
-    first_s, steady_s, written = 0.0, 0.0, []
-    for index in tqdm(range(args.frames), desc="demo", unit="frame", file=sys.stderr,
-                      disable=args.json):
-        frame = source.receive(timeout=1.0)
-        image = to_tensor(frame.pixels, components.device, components.dtype)
-        start = time.perf_counter()
-        rgb = to_rgb8(pipe.process(image)[0])
-        elapsed = time.perf_counter() - start
-        if index == 0:
-            first_s = elapsed  # includes the warm-up of the latent buffer
-        else:
-            steady_s += elapsed
-        path = args.out / f"frame_{index:05d}.png"
-        Image.fromarray(rgb).save(path)
-        written.append(str(path))
-    steady = args.frames - 1
-    fps = steady / steady_s if steady and steady_s > 0 else 1.0 / max(first_s, 1e-9)
+    progress = tqdm(total=args.frames, desc="demo", unit="frame", file=sys.stderr,
+                    disable=args.json)
+    budget: list[_FrameBudget] = []
+
+    def sinks(config: Any) -> Any:
+        sink = default_sink_factory(config)
+        if config.kind != "png":
+            return sink
+        budget.append(_FrameBudget(sink, args.frames, progress))
+        return budget[-1]
+
+    factory = lambda p, params: stream_batch_factory(p, params, progress=not args.json)  # noqa: E731
+    daemon = Daemon(preset, pipeline_factory=factory, sink_factory=sinks)
+    try:
+        daemon.start()
+        started = time.perf_counter()
+        while not budget[0].done.wait(0.2):
+            if not daemon.running:
+                raise PipelineError("the demo daemon stopped unexpectedly",
+                                    fix="run with -v to see its log")
+    finally:
+        daemon.stop()
+        progress.close()
+    times = budget[0].times
+    first_s = times[0] - started
+    fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] \
+        else 1.0 / max(first_s, 1e-9)
     summary = {"ok": True, "model": args.model, "frames": args.frames, "width": args.width,
                "height": args.height, "steps": args.steps, "cfg_type": args.cfg_type,
                "fps": round(fps, 3), "first_frame_ms": round(first_s * 1e3, 1),
-               "out": str(args.out), "files": len(written)}
+               "out": str(args.out), "files": len(times), "shm": args.shm_name}
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"{args.frames} frames {args.width}x{args.height}, {args.steps} steps, model "
-              f"{args.model}: {fps:.2f} fps (pipeline, after a {first_s * 1e3:.0f} ms first frame "
-              f"with warm-up)")
-        print(f"wrote {len(written)} PNGs to {args.out}/")
+              f"{args.model}: {fps:.2f} fps through the daemon (first frame after "
+              f"{first_s * 1e3:.0f} ms, including warm-up)")
+        print(f"wrote {len(times)} PNGs to {args.out}/ (also published to shared memory "
+              f"{args.shm_name!r})")
     return 0
