@@ -294,3 +294,30 @@ def test_start_failure_raises_the_build_error():
     with pytest.raises(ConfigError, match="no such model"):
         daemon.start()
     assert daemon.get_state()["status"] == "error"
+
+
+def test_stream_batch_factory_on_tiny_model_and_explicit_acceleration_fallback():
+    from bridge.errors import RuntimeMissingError
+    from bridge.runtime.pipelines import stream_batch_factory
+
+    preset = _preset()
+    pipeline = stream_batch_factory(preset, preset.params, progress=False)
+    frames = torch.rand(1, 3, 64, 64)
+    out = pipeline.process(frames)
+    assert out.shape == (1, 3, 64, 64) and pipeline.ready
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert pipeline.description["model"] == "tiny" and pipeline.skipped_frames == 0
+    pipeline.update({"prompt": "a different prompt"})
+    assert pipeline.process(frames).shape == (1, 3, 64, 64)
+    if torch.cuda.is_available():
+        pytest.skip("TensorRT may be usable here; the missing-runtime path is what is checked")
+    trt = validate_preset(dict(DEFAULT_PRESET, model={"id": "tiny", "device": "cpu",
+                                                      "acceleration": "tensorrt"}))
+    with pytest.raises(RuntimeMissingError):
+        stream_batch_factory(trt, trt.params, progress=False)
+    allowed = validate_preset(dict(DEFAULT_PRESET, model={"id": "tiny", "device": "cpu",
+                                                          "acceleration": "tensorrt",
+                                                          "fallback": "none"}))
+    fallback = stream_batch_factory(allowed, allowed.params, progress=False)
+    assert fallback.description["acceleration_requested"] == "tensorrt"
+    assert "torch" in fallback.description["backend"] or fallback.description["backend"] == "none"

@@ -130,7 +130,8 @@ class StreamBatchPipeline:
 
 def stream_batch_factory(preset: Preset, params: Mapping[str, Any], *,
                          progress: bool = True) -> FramePipeline:
-    """Load the model, pick the backend (explicit fallback only), build the StreamBatch."""
+    """Load the model, create the backend (explicit fallback only), build the StreamBatch."""
+    from bridge.pipeline.backends import create_backend
     from bridge.pipeline.models import load_components
     from bridge.pipeline.stream_batch import StreamBatch
 
@@ -138,27 +139,12 @@ def stream_batch_factory(preset: Preset, params: Mapping[str, Any], *,
         torch.set_num_threads(preset.model.threads)
     spec = resolve_model_spec(preset.model)
     components = load_components(spec, progress=progress)
-    acceleration = preset.model.acceleration
-    try:
-        backend = _backend(components, acceleration, params)
-    except RuntimeMissingError as exc:
-        if preset.model.fallback is None:
-            raise
-        log.warning("acceleration %r is not available (%s); using the configured fallback %r",
-                    acceleration, exc, preset.model.fallback)
-        acceleration = preset.model.fallback
-        backend = _backend(components, acceleration, params)
+    # A missing runtime raises, unless the preset names a fallback (then a loud warning).
+    backend = create_backend(components, preset.model.acceleration, params=dict(params),
+                             fallback=preset.model.fallback, progress=progress)
     stream = StreamBatch(components, dict(params), backend=backend)
     description = {"pipeline": "stream_batch", "model": spec.id_or_path, "device": spec.device,
-                   "dtype": spec.dtype, "acceleration": acceleration,
+                   "dtype": spec.dtype, "backend": backend.name,
                    "acceleration_requested": preset.model.acceleration}
     return StreamBatchPipeline(stream, components, params, description)
 
-
-def _backend(components: Any, acceleration: str, params: Mapping[str, Any]) -> Any:
-    """None = StreamBatch's own eager torch backend; others from the backends package."""
-    if acceleration == "none":
-        return None
-    from bridge.pipeline.backends import create_backend
-
-    return create_backend(components, acceleration)
