@@ -245,3 +245,20 @@ def test_models_pull_plan() -> None:
     configs = plan_pull(build_parser().parse_args(["models", "pull", "owner/base", "--configs-only"]))
     assert configs[0][1]["allow_patterns"] and not any(
         p.endswith(".safetensors") for p in configs[0][1]["allow_patterns"])
+
+
+def test_parallel_tiny_builds_leave_one_complete_copy(tmp_path: Path) -> None:
+    """Two processes building the tiny model at once (as parallel test runs do)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SDBRIDGE_HOME": str(tmp_path)}
+    code = "from bridge.pipeline.tiny import save_tiny; print(save_tiny('tiny'))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs[0] == outs[1]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny"]  # no temp left
+    loaded = load_components(ModelSpec(outs[0]), progress=False)
+    assert len(loaded.tokenizer) >= 100

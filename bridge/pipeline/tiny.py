@@ -276,17 +276,19 @@ def save_tiny(model_id: str = "tiny", *, force: bool = False, seed: int = 0) -> 
             torch.manual_seed(seed + 1)
             _tiny_vae().save_pretrained(str(tmp / "vae_tiny"))
         _write_model_index(tmp, parts, family)
-        old = None
-        if final.exists():  # stale or forced: move aside first, rename is atomic per path
-            old = final.with_name(f".{model_id}-old-{os.getpid()}")
+        if tiny_is_current(final) and not force:
+            return final  # another process finished first while we were building
+        old = final.with_name(f".{model_id}-old-{os.getpid()}")
+        try:  # stale or forced copy: move it aside first (each rename is atomic)
             os.rename(final, old)
+        except FileNotFoundError:
+            pass
         try:
             os.rename(tmp, final)
         except OSError:
-            if not tiny_is_current(final):  # lost a race to a broken writer: surface it
+            if not tiny_is_current(final):  # a racing writer put something broken there
                 raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("tiny model %s saved to %s", model_id, final)
