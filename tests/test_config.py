@@ -130,3 +130,10 @@ def test_docs_presets_md_matches_schema():
     committed = (ROOT / "docs" / "presets.md").read_text(encoding="utf-8")
     assert committed == render_preset_docs(), \
         "docs/presets.md is stale: run `python -m bridge.preset_docs > docs/presets.md`"
+
+
+def test_output_formats_match_pixel_formats():
+    from bridge.config import OUTPUT_FORMATS
+    from bridge.frame import PixelFormat
+
+    assert set(OUTPUT_FORMATS) == {p.value for p in PixelFormat}

@@ -66,3 +66,27 @@ def test_sigterm_exits_zero_quickly_and_unlinks_shared_memory(served):
     assert elapsed < 5.0
     if sys.platform.startswith("linux"):
         assert not segment_exists(name)
+
+
+def test_serve_check_and_every_problem_before_loading(capsys):
+    from bridge.cli import main
+
+    assert main(["serve", "--preset", "presets/cpu-demo.yaml", "--check"]) == 0
+    assert "preset OK" in capsys.readouterr().out
+    code = main(["serve", "--preset", "presets/cpu-demo.yaml", "--set", "guidance_scale=99",
+                 "--set", "source.kind=nope", "--set", "model.dtpye=float32"])
+    err = capsys.readouterr().err
+    assert code == 2
+    for text in ("guidance_scale=99", "source.kind='nope'", "did you mean 'dtype'", "3 problems"):
+        assert text in err, (text, err)
+
+
+def test_json_log_lines_are_json():
+    import json
+    import logging
+
+    from bridge.commands.serve import JsonFormatter
+
+    record = logging.LogRecord("sdbridge.serve", logging.INFO, __file__, 1, "serving %s", ("x",), None)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "serving x" and entry["level"] == "INFO"

@@ -153,6 +153,7 @@ def _measure(width: int, height: int, args: argparse.Namespace,
     total = args.warmup + args.frames
     written: dict[int, int] = {}
     latencies: list[float] = []
+    seen: set[int] = set()
     done = threading.Event()
     pattern = to_pixel_format(render_rgb(width, height, 0), PixelFormat.BGRA)
 
@@ -166,7 +167,8 @@ def _measure(width: int, height: int, args: argparse.Namespace,
                     continue
                 arrived = now_ns()
                 sent = written.get(frame.seq)
-                if sent is not None and frame.seq >= args.warmup:
+                if sent is not None and frame.seq >= args.warmup and frame.seq not in seen:
+                    seen.add(frame.seq)  # fallback frames repeat a seq: time each frame once
                     latencies.append((arrived - sent) / 1e6)
                 if frame.seq >= total - 1:
                     return
