@@ -4,7 +4,9 @@ Rows (B = n·F): block i = the F frames now at step i (timestep τᵢ, newest fr
 Per call: new frames enter block 0 as a₀z + b₀N₀ (txt2img: N₀); one UNet call on all rows (plus
 negative rows for full / initialize guidance); x̂₀ = p·x − q·ε for every row; the last block's x̂₀
 is decoded; blocks 0…n−2 are re-noised to the next step (aᵢ₊₁x̂₀ + bᵢ₊₁Nᵢ₊₁) and move one
-block down. So a frame leaves the pipeline n−1 calls after it entered.
+block down. So a frame leaves the pipeline n−1 calls after it entered. txt2img enters the fixed
+seed noise N₀ itself at τ₀, so a static prompt and seed give a stable image and a change of
+prompt or seed shows n calls later.
 
 Warm-up: on the first ``process`` call the empty buffer is primed by running the first input
 through n−1 extra UNet calls (no extra VAE work), so every output, even the first, is a fully
