@@ -37,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--width", type=int)
     build.add_argument("--height", type=int)
     build.add_argument("--acceleration", choices=BUILD_ACCELERATIONS)
-    build.add_argument("--min-size", type=int, default=256, help="smallest height/width (multiple of 64)")
-    build.add_argument("--max-size", type=int, default=1024, help="largest height/width (multiple of 64)")
+    build.add_argument("--min-size", type=int, help="smallest height/width, multiple of 64 (default 256, "
+                       "or less to cover --height/--width; serve uses the same default)")
+    build.add_argument("--max-size", type=int, help="largest height/width, multiple of 64 (default 1024, "
+                       "or more to cover --height/--width)")
     build.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
                        help="default: fp16 for tensorrt, fp32 for onnxruntime on CPU")
     build.add_argument("--device", choices=("auto", "cpu", "cuda"), help="model device")
@@ -79,8 +81,12 @@ def build_settings(args: argparse.Namespace) -> dict[str, Any]:
         "cfg_type": args.cfg_type or params.get("cfg_type", "self"), "n": n,
         "frames": args.frames or params.get("frame_buffer_size", 1),
         "height": args.height or params.get("height", 512), "width": args.width or params.get("width", 512),
-        "hw_range": (args.min_size, args.max_size), "precision": args.precision,
+        "precision": args.precision,
     }
+    from bridge.pipeline.backends import default_hw_range
+
+    lo, hi = default_hw_range(settings["height"], settings["width"])
+    settings["hw_range"] = (args.min_size or lo, args.max_size or hi)
     if settings["acceleration"] not in BUILD_ACCELERATIONS:
         raise ConfigError(Problem("acceleration", settings["acceleration"], "nothing to build for it",
                                   "pass --acceleration onnxruntime or tensorrt (or set it in the preset)"))
