@@ -29,6 +29,12 @@ Example presets live in `presets/`: `cpu-demo.yaml` runs anywhere (tiny random-w
 `sd-turbo-img2img-512.yaml`, `lcm-lora-sd15.yaml`, `sdxl-turbo-img2img.yaml` and
 `sd-turbo-txt2img.yaml` need their weights and a GPU for real-time rates.
 
+While serving, the control command `load_preset` (`sdbridge ctl load-preset FILE`) validates the
+new file the same way (nothing changes if it has a problem), then switches parameters, source,
+sinks, `fit`, `output_format` and, if the `model` section differs, rebuilds the pipeline (state
+`status: rebuilding`; sinks get `fallback_output` meanwhile). `control`, `osc` and `midi` apply
+at start-up only.
+
 This page is generated from the schema (`python -m bridge.preset_docs > docs/presets.md`); a test
 keeps it in sync.
 """
