@@ -267,6 +267,7 @@ class Daemon:
                           self.preset.fallback_output)
             self.stats.count("pipeline_errors")
             self.state.set_error(exc, where="pipeline")
+            self.state.set_status("error")  # "rebuilding" once the retry starts
             self._discard_pipeline()
             self._retry_at = time.monotonic() + self._error_delay
             self._error_delay = min(ERROR_BACKOFF_S[1], self._error_delay * 2)
