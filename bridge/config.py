@@ -18,7 +18,6 @@ it in sync.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import importlib
 import inspect
@@ -31,6 +30,10 @@ import yaml
 
 from bridge.errors import ConfigError, Problem
 from bridge.params import PARAMS, PARAMS_BY_NAME, validate_changes
+from bridge.preset_overrides import apply_overrides, parse_override
+
+__all__ = ["ConfigError", "Preset", "apply_overrides", "load_preset", "parse_override",
+           "preflight", "validate_preset"]
 
 PRESET_VERSION = 1
 MAX_PRESET_BYTES = 1 << 20
@@ -391,54 +394,6 @@ def _params(raw: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
     return params
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], value parsed as a YAML scalar/flow value)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(Problem("--set", text, "must be key=value",
-                                  "e.g. --set prompt=\"a cat\" --set source.kind=shm"))
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(Problem(f"--set {key}", value, f"not a YAML value: {exc}",
-                                  "quote strings containing ':' or '#'")) from exc
-    return key.strip().split("."), parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted ``key=value`` overrides to a raw preset mapping (list items by index)."""
-    data = copy.deepcopy(raw)
-    problems: list[Problem] = []
-    for text in overrides:
-        try:
-            keys, value = parse_override(text)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        node: Any = data
-        for depth, key in enumerate(keys[:-1]):
-            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
-                node = node[int(key)]
-            elif isinstance(node, dict):
-                node = node.setdefault(key, {})
-            else:
-                problems.append(Problem(".".join(keys[:depth + 1]), key, "cannot descend here",
-                                        "use an existing list index or a mapping key"))
-                break
-        else:
-            last = keys[-1]
-            if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-                node[int(last)] = value
-            elif isinstance(node, dict):
-                node[last] = value
-            else:
-                problems.append(Problem(".".join(keys), value, "cannot set here",
-                                        "use an existing list index or a mapping key"))
-    if problems:
-        raise ConfigError(problems, context="--set")
-    return data
-
-
 def read_preset_file(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     try:
@@ -487,6 +442,13 @@ def preflight(preset: Preset) -> None:
             problems.append(Problem(f"{where}.kind", transport.kind,
                                     f"not available on this machine: {status.reason}",
                                     "install its runtime (see docs/transports.md) or pick another kind"))
+    if preset.midi.enabled:  # a broken mapping fails now, not after a minute of model loading
+        from bridge.control.midi import load_mapping
+
+        try:
+            load_mapping(resolve_relative(preset, preset.midi.mapping))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems, context="preflight")
 

@@ -137,3 +137,11 @@ def test_output_formats_match_pixel_formats():
     from bridge.frame import PixelFormat
 
     assert set(OUTPUT_FORMATS) == {p.value for p in PixelFormat}
+
+
+def test_preflight_checks_the_midi_mapping_before_any_model_loads(tmp_path):
+    preset = validate_preset(dict(DEFAULT_PRESET, sink={"kind": "null"},
+                                  midi={"enabled": True, "mapping": "missing.yaml"}))
+    with pytest.raises(ConfigError) as info:
+        preflight(preset)
+    assert info.value.fields == ["midi.mapping"]

@@ -3,7 +3,6 @@ pipelines, live changes between frames, rebuilds, pause, preset loads, clean sto
 
 from __future__ import annotations
 
-import os
 import queue
 import secrets
 import sys
@@ -17,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from bridge.config import DEFAULT_PRESET, TransportConfig, validate_preset
+from bridge.config import DEFAULT_PRESET, validate_preset
 from bridge.errors import ConfigError, FrameTimeout
 from bridge.frame import Frame, PixelFormat
 from bridge.io.base import FrameSink, FrameSource

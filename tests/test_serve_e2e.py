@@ -90,3 +90,44 @@ def test_json_log_lines_are_json():
     record = logging.LogRecord("sdbridge.serve", logging.INFO, __file__, 1, "serving %s", ("x",), None)
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "serving x" and entry["level"] == "INFO"
+
+
+def test_preset_control_section_starts_zmq_and_osc_and_tolerates_missing_midi():
+    """`serve`'s control wiring in-process: ZeroMQ + OSC from the preset drive the daemon; MIDI
+    enabled without a usable port is reported and skipped, not fatal."""
+    import time
+
+    from pythonosc.udp_client import SimpleUDPClient
+
+    from bridge.commands.serve import _start_control, _stop_quietly
+    from bridge.config import DEFAULT_PRESET, preflight, validate_preset
+    from bridge.runtime.daemon import Daemon
+    from bridge.runtime.pipelines import identity_factory
+    from daemon_peer import ROOT, free_port
+
+    osc_port = free_port()
+    preset = validate_preset(dict(
+        DEFAULT_PRESET, sink={"kind": "null"},
+        control={"command_endpoint": f"tcp://127.0.0.1:{free_port()}",
+                 "event_endpoint": f"tcp://127.0.0.1:{free_port()}"},
+        osc={"enabled": True, "listen_port": osc_port},
+        midi={"enabled": True, "port": "no-such-controller-xyz",
+              "mapping": str(ROOT / "presets" / "midi" / "generic-8-knob.yaml")}))
+    preflight(preset)
+    daemon = Daemon(preset, pipeline_factory=identity_factory)
+    assert daemon.start()
+    adapters = _start_control(preset, daemon)
+    try:
+        assert len(adapters) == 2  # ZeroMQ server + OSC; MIDI skipped with a warning
+        with ControlClient(preset.control.command_endpoint, timeout=10.0) as client:
+            assert client.set(guidance_scale=3.5)["applied"] == {"guidance_scale": 3.5}
+        SimpleUDPClient("127.0.0.1", osc_port).send_message("/sdbridge/prompt", "sent over OSC")
+        deadline = time.monotonic() + 10
+        while daemon.get_state()["params"]["prompt"] != "sent over OSC" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        params = daemon.get_state()["params"]
+        assert params["prompt"] == "sent over OSC" and params["guidance_scale"] == 3.5
+    finally:
+        for adapter in adapters:
+            _stop_quietly(adapter)
+        daemon.stop()

@@ -10,15 +10,12 @@ thread; the model is loaded there, never on the inference thread.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
 from bridge.config import ModelConfig, Preset
 from bridge.errors import RuntimeMissingError
-
-log = logging.getLogger(__name__)
 
 
 class FramePipeline(Protocol):
