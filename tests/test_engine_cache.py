@@ -11,8 +11,15 @@ import pytest
 
 from bridge.errors import ConfigError
 from bridge.pipeline.backends import engine_cache
-from bridge.pipeline.backends.engine_cache import (MANIFEST, MAX_PATH_CHARS, EngineCache, artefact_key,
-                                                   atomic_write_bytes, cache_root, key_digest)
+from bridge.pipeline.backends.engine_cache import (
+    MANIFEST,
+    MAX_PATH_CHARS,
+    EngineCache,
+    artefact_key,
+    atomic_write_bytes,
+    cache_root,
+    key_digest,
+)
 from bridge.pipeline.tiny import build_tiny_components
 
 ONNX_RT = {"torch": "2.13.0", "onnx": "1.23.2", "ort": "1.31.1", "opset": 17}

@@ -14,8 +14,14 @@ import torch
 
 from bridge.errors import ConfigError
 from bridge.pipeline.backends.onnx_cleanup import cleanup_onnx
-from bridge.pipeline.backends.onnx_export import (ONNX_FILE, _torch_module, check_hw_range, example_inputs,
-                                                  export_onnx, external_data_files)
+from bridge.pipeline.backends.onnx_export import (
+    ONNX_FILE,
+    torch_module,
+    check_hw_range,
+    example_inputs,
+    export_onnx,
+    external_data_files,
+)
 from bridge.pipeline.tiny import build_tiny_components
 
 HW_RANGE = (64, 128)
@@ -46,7 +52,7 @@ def exported(components, tmp_path_factory) -> dict[tuple[str, str], tuple[Path, 
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -66,7 +72,7 @@ def test_export_matches_torch(components, exported, variant, module, batch, size
     c = components[variant]
     feed = example_inputs(spec, c, *size, seed=sum(size))
     with torch.no_grad():
-        ref = _torch_module(c, module)(*feed.values()).numpy()
+        ref = torch_module(c, module)(*feed.values()).numpy()
     out = _run(raw, feed)
     assert out.shape == ref.shape
     assert out.shape[0] == batch
@@ -118,7 +124,7 @@ def test_large_model_saved_with_one_external_data_file(components, tmp_path) -> 
     assert raw.stat().st_size < 100_000  # weights really are outside the graph file
     feed = example_inputs(spec, c, 128, 64)
     with torch.no_grad():
-        ref = _torch_module(c, "vae_decoder")(*feed.values()).numpy()
+        ref = torch_module(c, "vae_decoder")(*feed.values()).numpy()
     assert _rel(_run(clean, feed), ref) < 1e-4
 
 

@@ -136,14 +136,18 @@ def _recording_tensorrt(calls: list, *, has_fp16_flag: bool = True) -> types.Mod
 
         def add_optimization_profile(self, profile): calls.append(("add_optimization_profile",))
 
-        def create_timing_cache(self, data): calls.append(("create_timing_cache", bytes(data))); return TimingCache(bytes(data))
+        def create_timing_cache(self, data):
+            calls.append(("create_timing_cache", bytes(data)))
+            return TimingCache(bytes(data))
 
         def set_timing_cache(self, cache, ignore_mismatch): calls.append(("set_timing_cache", ignore_mismatch))
 
     class Builder:
         def __init__(self, logger): pass
 
-        def create_network(self, flags): calls.append(("create_network", flags)); return Network(flags)
+        def create_network(self, flags):
+            calls.append(("create_network", flags))
+            return Network(flags)
 
         def create_builder_config(self): return Config()
 

@@ -131,7 +131,7 @@ def prepare_onnx(components: Any, module: str, *, batch: int, hw_range: tuple[in
 
     def build(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()
-        raw = tmp / "raw"
+        raw = tmp / "r"
         spec = onnx_export.export_onnx(components, module, raw, batch=batch, hw_range=hw_range,
                                        dtype=dtype, opset=opset, external_threshold=external_threshold)
         exported = time.perf_counter()

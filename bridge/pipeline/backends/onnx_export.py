@@ -135,7 +135,7 @@ def export_spec(components: Components, module: str, batch: int,
     return ExportSpec(module, batch, (lo, hi), tuple(ins), tuple(outs), dims)
 
 
-def _torch_module(components: Components, module: str) -> torch.nn.Module:
+def torch_module(components: Components, module: str) -> torch.nn.Module:
     if module == "unet":
         return UNetModule(components.unet)
     if module == "vae_encoder":
@@ -184,13 +184,13 @@ def export_onnx(components: Components, module: str, out_dir: Path, *, batch: in
         raise ConfigError(Problem("opset", opset, "LayerNorm/GroupNorm need opset >= 17", "use 17 or newer"))
     dtype = dtype or components.dtype
     spec = export_spec(components, module, batch, hw_range, dtype)
-    net = _torch_module(components, module)
+    net = torch_module(components, module)
     if components.dtype != dtype:
         net = copy.deepcopy(net).to(dtype)  # never change the caller's live components
     net.eval()
     lo = spec.hw_range[0]
     feed = example_inputs(spec, components, lo, lo, device=components.device)
-    scratch = out_dir / "export-scratch"
+    scratch = out_dir / "x"  # short: >2 GB exports write one file per weight, named after it
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:

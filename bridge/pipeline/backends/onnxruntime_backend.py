@@ -56,7 +56,7 @@ def output_shape(spec: Mapping[str, Any], feed: Mapping[str, torch.Tensor], scal
     pixel and latent axes)."""
     dims: dict[str, int] = {}
     for t in spec["inputs"]:
-        for axis, size in zip(t["shape"], feed[t["name"]].shape):
+        for axis, size in zip(t["shape"], feed[t["name"]].shape, strict=True):
             if isinstance(axis, str):
                 dims[axis] = int(size)
     return _resolve_shape(spec["outputs"][0]["shape"], dims, scale)
@@ -114,7 +114,8 @@ class OrtRunner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
-        providers: list[Any] = [(PROVIDERS[choice.name], choice.options)] if choice.options else [PROVIDERS[choice.name]]
+        name = PROVIDERS[choice.name]
+        providers: list[Any] = [(name, choice.options)] if choice.options else [name]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types

@@ -79,7 +79,7 @@ class TrtRunner:
 
     def _allocate(self, key: tuple) -> dict[str, Any]:
         buffers = {}
-        for name, shape in zip(self.inputs, key):
+        for name, shape in zip(self.inputs, key, strict=True):
             if not self.context.set_input_shape(name, shape):
                 raise ConfigError(Problem(name, list(shape), "outside the engine's optimisation profile",
                                           "use a size inside the engine's hw_range or rebuild it"))
