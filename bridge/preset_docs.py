@@ -29,6 +29,10 @@ Example presets live in `presets/`: `cpu-demo.yaml` runs anywhere (tiny random-w
 `sd-turbo-img2img-512.yaml`, `lcm-lora-sd15.yaml`, `sdxl-turbo-img2img.yaml` and
 `sd-turbo-txt2img.yaml` need their weights and a GPU for real-time rates.
 
+`serve --check` validates the preset and this machine's transports (and MIDI mapping) and exits;
+`serve --identity` runs the daemon without a model (frames pass through unchanged: checks the
+transports and measures the daemon itself); `serve --json-logs` logs one JSON object per line.
+
 While serving, the control command `load_preset` (`sdbridge ctl load-preset FILE`) validates the
 new file the same way (nothing changes if it has a problem), then switches parameters, source,
 sinks, `fit`, `output_format` and, if the `model` section differs, rebuilds the pipeline (state

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     name = f"sdbt-e2e-{secrets.token_hex(3)}"
-    proc = ServeProcess(["-m", "bridge", "serve", "--preset", "presets/cpu-demo.yaml"],
+    proc = ServeProcess(["-m", "bridge", "serve", "--preset", "presets/cpu-demo.yaml",
+                         "--json-logs"],
                         overrides=[f"sink.0.name={name}", "source.fps=15"],
                         log_path=tmp_path_factory.mktemp("serve") / "serve.log")
     try:
@@ -66,6 +67,11 @@ def test_sigterm_exits_zero_quickly_and_unlinks_shared_memory(served):
     assert elapsed < 5.0
     if sys.platform.startswith("linux"):
         assert not segment_exists(name)
+    import json
+
+    lines = [json.loads(line) for line in proc.log_path.read_text().splitlines() if line.strip()]
+    messages = [entry["message"] for entry in lines]  # --json-logs: every line is one object
+    assert "received SIGTERM" in messages and "shutting down" in messages
 
 
 def test_serve_check_and_every_problem_before_loading(capsys):

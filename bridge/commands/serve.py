@@ -75,19 +75,22 @@ def run(args: argparse.Namespace, preset: Any = None) -> int:
         print(f"preset OK: model {preset.model.id}, source {preset.source.kind}, "
               f"sinks {', '.join(s.kind for s in preset.sinks)}")
         return 0
-    return serve(preset, identity=args.identity)
+    return serve(preset, identity=args.identity, progress=not args.json_logs)
 
 
-def serve(preset: Any, *, identity: bool = False, pipeline_factory: Any = None) -> int:
+def serve(preset: Any, *, identity: bool = False, pipeline_factory: Any = None,
+          progress: bool = True) -> int:
     """Run until a signal; returns the exit code. ``pipeline_factory`` replaces the model
-    (tests and benchmarks run the real daemon around a stand-in pipeline)."""
+    (tests and benchmarks run the real daemon around a stand-in pipeline); ``progress=False``
+    hides the model-load bar (JSON logs must stay one object per line)."""
     from bridge.runtime.daemon import Daemon
     from bridge.runtime.pipelines import identity_factory, stream_batch_factory
 
     stop = threading.Event()
     previous = _install_signal_handlers(stop)
     if pipeline_factory is None:
-        pipeline_factory = identity_factory if identity else stream_batch_factory
+        pipeline_factory = identity_factory if identity else \
+            (lambda p, params: stream_batch_factory(p, params, progress=progress))
     daemon = Daemon(preset, pipeline_factory=pipeline_factory)
     adapters: list[Any] = []
     try:

@@ -134,6 +134,8 @@ def stream_batch_factory(preset: Preset, params: Mapping[str, Any], *,
 
     if preset.model.threads:
         torch.set_num_threads(preset.model.threads)
+    if not progress:
+        _quiet_library_progress_bars()
     spec = resolve_model_spec(preset.model)
     components = load_components(spec, progress=progress)
     # A missing runtime raises, unless the preset names a fallback (then a loud warning).
@@ -145,3 +147,12 @@ def stream_batch_factory(preset: Preset, params: Mapping[str, Any], *,
                    "acceleration_requested": preset.model.acceleration}
     return StreamBatchPipeline(stream, components, params, description)
 
+
+
+def _quiet_library_progress_bars() -> None:
+    """transformers/diffusers draw their own weight-loading bars; JSON logs must stay clean."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
