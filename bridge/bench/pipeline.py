@@ -31,8 +31,12 @@ WARMUP_CALLS = 1  # the first call primes the latent buffer (n−1 extra UNet ca
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    # One CPU thread by default: on a shared machine multi-threaded torch stalls whenever a core
+    # is taken (measured 2x slower and far noisier here); the comparisons are what matter.
+    # --threads 0 = torch's default (all cores). No effect on GPU work.
+    parser.set_defaults(threads=1)
     parser.add_argument("--steps", type=int, default=4, help="denoising steps n (default %(default)s)")
-    parser.add_argument("--frames", type=int, default=5,
+    parser.add_argument("--frames", type=int, default=4,
                         help="timed frames per measurement (default %(default)s)")
     parser.add_argument("--cfg-type", default="self", choices=CFG_TYPES,
                         help="guidance for the main stream-batch/sequential figures (default %(default)s)")
@@ -198,7 +202,7 @@ def _diffusers_img2img(components: Any, steps: list[int], prompt: Any,
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.frames < 1:
-        raise ConfigError(Problem("frames", args.frames, "must be >= 1", "use e.g. 5"))
+        raise ConfigError(Problem("frames", args.frames, "must be >= 1", "use e.g. 4"))
     import torch
     from tqdm import tqdm
 

@@ -47,8 +47,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=512, help="frame width (default %(default)s)")
     parser.add_argument("--height", type=int, default=512, help="frame height (default %(default)s)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default 0: torch's default); 1 is steadier on a "
-                             "machine busy with other work")
+                        help="torch CPU threads, 0 = torch's default (default %(default)s); 1 is "
+                             "steadier on a machine busy with other work")
 
 
 def apply_threads(threads: int) -> None:
