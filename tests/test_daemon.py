@@ -320,3 +320,35 @@ def test_stream_batch_factory_on_tiny_model_and_explicit_acceleration_fallback()
     fallback = stream_batch_factory(allowed, allowed.params, progress=False)
     assert fallback.description["acceleration_requested"] == "tensorrt"
     assert fallback.description["backend"] == "torch"
+
+
+def test_frame_buffer_batches_of_two_keep_order_and_seq():
+    daemon, source, sink = _manual_daemon(frame_buffer_size=2)
+    try:
+        for seq in (1, 2, 3, 4):  # one at a time: the input slot keeps only the newest frame
+            source.push(seq)
+            _wait(lambda: daemon.stats.snapshot()["counters"].get("frames_in", 0) == seq)
+            time.sleep(0.05)  # frames_in counts just before the slot put
+            _wait(lambda: len(daemon._slot) == 0, what="frame taken by the inference thread")
+        _wait(lambda: sink.by_seq(4), what="second batch")
+        processed = [f.seq for f in sink.frames if f.source != "fallback"]
+        assert processed == [1, 2, 3, 4]
+    finally:
+        daemon.stop()
+
+
+def test_txt2img_through_the_daemon_on_the_tiny_model():
+    from bridge.runtime.pipelines import stream_batch_factory
+
+    source, sink = QueueSource(), CaptureSink()
+    preset = _preset(mode="txt2img", t_index_list=[0], output_format="RGB")
+    daemon = Daemon(preset, pipeline_factory=lambda p, params: stream_batch_factory(
+        p, params, progress=False), source_factory=lambda c: source, sink_factory=lambda c: sink)
+    assert daemon.start()
+    try:
+        source.push(1, size=32)  # the input only paces txt2img output
+        out = _wait(lambda: sink.by_seq(1), timeout=60.0, what="txt2img frame")
+        assert (out.width, out.height) == (64, 64)
+        assert daemon.get_stats()["counters"].get("pipeline_errors", 0) == 0
+    finally:
+        daemon.stop()
