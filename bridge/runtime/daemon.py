@@ -112,7 +112,6 @@ class Daemon:
         self._last_emit = 0.0
         self._last_seq = 0
         self._batch: list[Frame] = []
-        self._started = time.monotonic()
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, cancel: threading.Event | None = None) -> bool:
