@@ -104,8 +104,8 @@ SECTIONS: dict[str, tuple[Opt, ...]] = {
             "null for none.", nullable=True),
         Opt("curve_secret_key_file", "str", None, "Path of the server's ZeroMQ CURVE secret key file "
             "(zmq.auth format); null disables CURVE.", nullable=True),
-        Opt("curve_authorized_keys_dir", "str", None, "Folder of client public key files allowed to "
-            "connect under CURVE; null = any client with the server key.", nullable=True),
+        Opt("curve_authorized_keys_dir", "str", None, "Folder of the client public key files "
+            "allowed to connect; needed together with curve_secret_key_file.", nullable=True),
         Opt("stats_interval", "float", 0.5, "Seconds between `stats` events (1-2 Hz).",
             minimum=0.5, maximum=1.0),
         Opt("max_message_bytes", "int", 65536, "Largest accepted command; bigger ones are "
@@ -442,6 +442,20 @@ def preflight(preset: Preset) -> None:
             problems.append(Problem(f"{where}.kind", transport.kind,
                                     f"not available on this machine: {status.reason}",
                                     "install its runtime (see docs/transports.md) or pick another kind"))
+    if preset.control.enabled:  # non-loopback without auth, bad keys: refuse before loading
+        from bridge.control.security import build_security
+
+        control = preset.control
+        try:
+            build_security({"command_endpoint": control.command_endpoint,
+                            "event_endpoint": control.event_endpoint},
+                           allow_remote=control.allow_remote,
+                           curve_secret_key_file=control.curve_secret_key_file,
+                           curve_authorized_keys_dir=control.curve_authorized_keys_dir,
+                           token=control.token)
+        except ConfigError as exc:
+            problems.extend(Problem(f"control.{p.field}", p.value, p.message, p.fix)
+                            for p in exc.problems)
     if preset.midi.enabled:  # a broken mapping fails now, not after a minute of model loading
         from bridge.control.midi import load_mapping
 

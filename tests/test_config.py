@@ -145,3 +145,13 @@ def test_preflight_checks_the_midi_mapping_before_any_model_loads(tmp_path):
     with pytest.raises(ConfigError) as info:
         preflight(preset)
     assert info.value.fields == ["midi.mapping"]
+
+
+def test_preflight_refuses_remote_control_without_authentication():
+    preset = validate_preset(dict(DEFAULT_PRESET, sink={"kind": "null"},
+                                  control={"command_endpoint": "tcp://0.0.0.0:5555",
+                                           "allow_remote": True}))
+    with pytest.raises(ConfigError) as info:
+        preflight(preset)
+    assert info.value.fields == ["control.command_endpoint"]
+    assert "authentication" in str(info.value)
