@@ -31,7 +31,7 @@ class ParamSpec:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     multiple_of: int | None = None
-    osc_type: str = ""  # OSC type tag for control surfaces ("" = not mapped)
+    osc_type: str = ""  # OSC type tag for control surfaces ("" = not mapped; "i…" = N ints)
 
     def describe_range(self) -> str:
         if self.choices:
@@ -61,7 +61,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("t_index_list", "int_list", [32, 45],
               "Denoising steps as indices 0..49 into the 50-step LCM schedule, ascending. Smaller = "
               "more change. Same length: live; other length: rebuild.",
-              minimum=0, maximum=NUM_LCM_STEPS - 1),
+              minimum=0, maximum=NUM_LCM_STEPS - 1, osc_type="i…"),
     ParamSpec("similarity_filter", "bool", False,
               "Skip the networks on near-static input (stochastic similarity filter).",
               osc_type="i"),
@@ -240,3 +240,26 @@ def needs_rebuild(current: Mapping[str, Any], changes: Mapping[str, Any]) -> lis
         elif not PARAMS_BY_NAME[name].live and current.get(name) != value:
             rebuild.append(name)
     return rebuild
+
+
+def shift_t_index_list(current: list[int], strength: float) -> list[int]:
+    """``current`` moved so its first index is round((1 − strength) · (49 − span)).
+
+    ``strength`` 0..1: 1 = most change (first index 0), 0 = least (last index 49). The length and
+    the gaps between entries are kept, so the result is always a live change (never a rebuild)
+    and a fader can steer it. span = last − first; Python's round (half to even).
+    """
+    steps = validate_value("t_index_list", current)
+    if not _is_number(strength) or not 0.0 <= strength <= 1.0:
+        raise ConfigError(Problem("strength", strength, "must be a number in 0..1",
+                                  "send 0 (least change) .. 1 (most change)"))
+    span = steps[-1] - steps[0]
+    first = round((1.0 - float(strength)) * (NUM_LCM_STEPS - 1 - span))
+    return [first + step - steps[0] for step in steps]
+
+
+def t_index_strength(t_index_list: list[int]) -> float:
+    """The strength (0..1) that ``shift_t_index_list`` maps onto this list's first index."""
+    steps = validate_value("t_index_list", t_index_list)
+    room = NUM_LCM_STEPS - 1 - (steps[-1] - steps[0])
+    return 1.0 if room == 0 else 1.0 - steps[0] / room

@@ -14,7 +14,7 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from bridge.control.osc import OscAdapter, osc_address_map
 from bridge.control.target import StateTarget
-from bridge.params import PARAMS_BY_NAME
+from bridge.params import PARAMS_BY_NAME, shift_t_index_list
 
 ROOT = Path(__file__).resolve().parents[1]
 SURFACE = ROOT / "plugins" / "control-surface"
@@ -64,8 +64,10 @@ def test_fader_ranges_lie_inside_the_schema() -> None:
 
 def test_session_has_the_controls_and_only_known_addresses() -> None:
     found = session_widgets()
-    for fader in ("guidance_scale", "delta", "similarity_threshold"):
+    for fader in ("strength", "guidance_scale", "delta", "similarity_threshold"):
         assert found[fader]["type"] == "fader" and found[fader]["address"] == f"/sdbridge/{fader}"
+    assert found["strength"]["range"] == {"min": 0.0, "max": 1.0} and found["strength"]["typeTags"] == "f"
+    assert shift_t_index_list([32, 45], found["strength"]["default"]) == [32, 45]  # schema default
     presets = [w for w in found.values() if w["id"].startswith("preset_")]
     assert [w["on"] for w in presets] == list(gen.PROMPT_PRESETS)
     assert all(w["address"] == "/sdbridge/prompt" and w["typeTags"] == "s" for w in presets)
@@ -116,6 +118,8 @@ def test_every_session_control_drives_the_real_osc_adapter() -> None:
         send_like_open_stage_control(client, found["similarity_filter"], found["similarity_filter"]["on"])
         send_like_open_stage_control(client, found["seed"], "7")
         wait_until(lambda: params()["similarity_filter"] is True and params()["seed"] == 7, "toggle + seed")
+        send_like_open_stage_control(client, found["strength"], 0.5)  # [32, 45]: first = round(0.5·36)
+        wait_until(lambda: params()["t_index_list"] == [18, 31], "strength fader")
         send_like_open_stage_control(client, found["pause"], found["pause"]["on"])
         wait_until(lambda: target.get_state()["paused"], "pause")
         send_like_open_stage_control(client, found["resume"], found["resume"]["on"])

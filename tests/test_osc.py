@@ -67,7 +67,11 @@ def test_address_map_is_generated_from_the_schema() -> None:
         else:
             assert f"/sdbridge/{spec.name}" not in mapped
     assert mapped["/sdbridge/prompt"] == "s" and mapped["/sdbridge/guidance_scale"] == "f"
+    assert mapped["/sdbridge/t_index_list"] == "i…" and mapped["/sdbridge/strength"] == "f"
     assert {"/sdbridge/pause", "/sdbridge/resume", "/sdbridge/state"} <= set(mapped)
+    strength = next(e for e in osc_address_map() if e.address == "/sdbridge/strength")
+    assert strength.param is None and (strength.minimum, strength.maximum) == (0.0, 1.0)
+    assert "t_index_list" in strength.description
 
 
 def test_osc_messages_set_parameters_and_state_is_echoed(rig: Any) -> None:
@@ -85,6 +89,48 @@ def test_osc_messages_set_parameters_and_state_is_echoed(rig: Any) -> None:
     assert params["prompt"] == "a neon fox" and params["guidance_scale"] == 1.4  # float32 noise removed
     assert params["similarity_filter"] is True and params["seed"] == 2**24
     assert state["params"] == params
+
+
+def test_t_index_list_and_strength_steer_the_steps_live(rig: Any) -> None:
+    target, adapter, client, echo = rig
+    params = lambda: target.get_state()["params"]  # noqa: E731
+    client.send_message("/sdbridge/t_index_list", [20, 30, 45])  # N ints -> the list
+    assert echo.wait_for("/sdbridge/t_index_list") == (20, 30, 45)  # echoed as its ints
+    assert params()["t_index_list"] == [20, 30, 45]
+    client.send_message("/sdbridge/t_index_list", [10.0, 45.0])  # surfaces sending floats
+    assert echo.wait_for("/sdbridge/t_index_list") == (10, 45)
+    client.send_message("/sdbridge/strength", 1.0)  # most change: first index 0, gap kept
+    assert echo.wait_for("/sdbridge/t_index_list") == (0, 35)
+    client.send_message("/sdbridge/strength", 0.3)  # float32 on the wire: round(0.7 * 14) = 10
+    assert echo.wait_for("/sdbridge/t_index_list") == (10, 45)
+    version = echo.wait_for("/sdbridge/version")[0]
+    client.send_message("/sdbridge/strength", 0.31)  # same list: nothing changes, no new version
+    client.send_message("/sdbridge/strength", 0.0)  # least change: last index 49
+    assert echo.wait_for("/sdbridge/t_index_list") == (14, 49)
+    assert echo.wait_for("/sdbridge/version") == (version + 1,)
+    assert params()["t_index_list"] == [14, 49] and adapter.errors == 0
+    assert "/sdbridge/strength" not in [address for address, _ in list(echo.messages.queue)]
+
+
+def test_bad_t_index_list_and_strength_are_refused(rig: Any) -> None:
+    target, adapter, client, echo = rig
+    client.send_message("/sdbridge/t_index_list", [45, 32])
+    code, message = echo.wait_for("/sdbridge/error")
+    assert code == "invalid_config" and "t_index_list" in message and "ascending" in message
+    client.send_message("/sdbridge/t_index_list", [])
+    assert "one or more integers" in echo.wait_for("/sdbridge/error")[1]
+    client.send_message("/sdbridge/t_index_list", [10, 60])
+    assert "0..49" in echo.wait_for("/sdbridge/error")[1]
+    client.send_message("/sdbridge/strength", 1.5)
+    code, message = echo.wait_for("/sdbridge/error")
+    assert code == "invalid_config" and "strength=1.5" in message and "0..1" in message
+    client.send_message("/sdbridge/strength", "strong")
+    assert "strength='strong'" in echo.wait_for("/sdbridge/error")[1]
+    client.send_message("/sdbridge/strength", [0.1, 0.2])
+    assert "exactly one argument" in echo.wait_for("/sdbridge/error")[1]
+    client.send_message("/sdbridge/strength", 0.5)  # still alive: round(0.5 * 36) = 18
+    assert echo.wait_for("/sdbridge/t_index_list") == (18, 31)
+    assert target.get_state()["version"] == 1 and adapter.errors == 6
 
 
 def test_pause_and_resume_buttons(rig: Any) -> None:

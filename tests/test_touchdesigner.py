@@ -223,9 +223,16 @@ def test_control_over_osc_out_dat(daemon: dict[str, Any]) -> None:
     wait_until(lambda: client.get_state()["paused"] or None, "OSC pause")
     ctl.resume()
     wait_until(lambda: not client.get_state()["paused"] or None, "OSC resume")
+    ctl.set(strength=1.0)  # [32, 45] shifted to first index 0, same length: live
+    wait_until(lambda: client.get_state()["params"]["t_index_list"] == [0, 13] or None, "OSC strength")
+    ctl.set(t_index_list=[30, 43])  # the list as N integers
+    wait_until(lambda: client.get_state()["params"]["t_index_list"] == [30, 43] or None,
+               "OSC t_index_list")
     with pytest.raises(ValueError) as err:
-        ctl.set(t_index_list=[20, 45])  # not in the OSC map
-    assert "zmq_endpoint" in str(err.value)
+        ctl.set(cfg_type="full")  # not in the OSC map (rebuild parameter)
+    assert "zmq_endpoint" in str(err.value) and "strength" in str(err.value)
+    with pytest.raises(ValueError):
+        ctl.set(pause=1)  # a button, not a value: ctl.pause()
 
 
 def test_control_over_zmq(daemon: dict[str, Any]) -> None:

@@ -179,9 +179,13 @@ def _osc() -> list[str]:
         lines.append(f"| `{entry.address}` | `{tag}` | {_cell(entry.description)} |")
     return lines + [
         "",
+        "Type `i…` = the whole list as N integer arguments (e.g. "
+        f"`{PREFIX}/t_index_list 20 45`; whole floats are accepted as integers).",
+        "",
         f"State echo (when an echo target host:port is configured), on every change: each mapped "
-        f"scalar parameter at its address, `{PREFIX}/version i`, `{PREFIX}/paused i` and the whole "
-        f"state as JSON in `{PREFIX}/state s`.",
+        f"parameter at its address (`t_index_list` as its integers; weighted prompt/seed lists only "
+        f"in the JSON), `{PREFIX}/version i`, `{PREFIX}/paused i` and the whole state as JSON in "
+        f"`{PREFIX}/state s`. `{PREFIX}/strength` is not a parameter and is not echoed.",
         "",
     ]
 

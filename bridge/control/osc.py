@@ -1,13 +1,16 @@
 """OSC adapter (python-osc): control surfaces drive the same ``set`` path as ZeroMQ.
 
 The address map is generated from the parameter schema: every parameter with an ``osc_type``
-gets ``/sdbridge/<name>`` with that type tag, plus ``/sdbridge/pause``, ``/sdbridge/resume``
-and ``/sdbridge/state`` (echo now). Values go through the target's ``set`` (same validation,
+gets ``/sdbridge/<name>`` with that type tag (``i…`` = the whole list as N integer arguments),
+plus ``/sdbridge/strength`` (one 0..1 fader onto ``t_index_list``, see
+:func:`bridge.params.shift_t_index_list`), ``/sdbridge/pause``, ``/sdbridge/resume`` and
+``/sdbridge/state`` (echo now). Values go through the target's ``set`` (same validation,
 all-or-nothing); a bad message is logged and echoed as ``/sdbridge/error <code> <message>``,
 never raised into the server loop. With an echo target configured, every state change is sent
-back: each mapped scalar parameter at its address, ``/sdbridge/version``, ``/sdbridge/paused``
-and the whole state as JSON on ``/sdbridge/state``. OSC has no authentication: it listens on
-loopback unless ``allow_remote`` is set explicitly.
+back: each mapped parameter at its address (lists as their integers; weighted prompt/seed lists
+only in the JSON), ``/sdbridge/version``, ``/sdbridge/paused`` and the whole state as JSON on
+``/sdbridge/state``. Strength is not a parameter and is not echoed (``t_index_list`` is).
+OSC has no authentication: it listens on loopback unless ``allow_remote`` is set explicitly.
 """
 
 from __future__ import annotations
@@ -25,20 +28,24 @@ from pythonosc.udp_client import SimpleUDPClient
 from bridge.control.security import endpoint_is_local
 from bridge.control.target import ControlTarget
 from bridge.errors import ConfigError, ControlError, Problem, SdbridgeError
-from bridge.params import PARAMS, PARAMS_BY_NAME
+from bridge.params import PARAMS, PARAMS_BY_NAME, shift_t_index_list
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/sdbridge"
 DEFAULT_OSC_PORT = 9000
+LIST_TAG = "…"  # type tag suffix: the parameter is a list sent as N arguments ("i…")
+STRENGTH_ADDRESS = f"{PREFIX}/strength"
 
 
 @dataclass(frozen=True)
 class OscAddress:
     address: str
-    type_tag: str  # "" = no argument
+    type_tag: str  # "" = no argument; "i…" = N integers
     param: str | None
     description: str
+    minimum: float | None = None  # range of an address that is not a parameter (strength)
+    maximum: float | None = None
 
 
 def osc_address_map() -> list[OscAddress]:
@@ -46,6 +53,11 @@ def osc_address_map() -> list[OscAddress]:
     entries = [OscAddress(f"{PREFIX}/{p.name}", p.osc_type, p.name, p.description)
                for p in PARAMS if p.osc_type]
     entries += [
+        OscAddress(STRENGTH_ADDRESS, "f", None,
+                   "Strength 0..1 (1 = most change): shifts the current t_index_list so its first "
+                   "index = round((1 − strength) · (49 − span)), span = last − first, keeping its "
+                   "length and gaps (always live, never a rebuild). Not echoed: t_index_list is.",
+                   minimum=0.0, maximum=1.0),
         OscAddress(f"{PREFIX}/pause", "", None,
                    "Pause processing (an argument of 0 is ignored: button release)."),
         OscAddress(f"{PREFIX}/resume", "", None,
@@ -96,8 +108,11 @@ class OscAdapter:
     def dispatcher(self) -> Dispatcher:
         disp = Dispatcher()
         for entry in osc_address_map():
-            if entry.param is not None:
+            if entry.param is not None and entry.type_tag.endswith(LIST_TAG):
+                disp.map(entry.address, self._list_handler(entry.param))
+            elif entry.param is not None:
                 disp.map(entry.address, self._param_handler(entry.param))
+        disp.map(STRENGTH_ADDRESS, self._on_strength)
         disp.map(f"{PREFIX}/pause", self._on_pause)
         disp.map(f"{PREFIX}/resume", self._on_resume)
         disp.map(f"{PREFIX}/state", self._on_state)
@@ -151,6 +166,35 @@ class OscAdapter:
 
         return handle
 
+    def _list_handler(self, name: str) -> Callable[..., None]:
+        def handle(address: str, *args: Any) -> None:
+            if not args:
+                self._fail(address, ControlError(f"{address} takes one or more integers, got none",
+                                                 fix=f"send e.g. {address} 32 45"))
+                return
+            # Surfaces often send every number as a float: whole floats are the integers meant.
+            values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in args]
+            self._call(address, lambda: self.target.set({name: values}))
+
+        return handle
+
+    def _on_strength(self, address: str, *args: Any) -> None:
+        if len(args) != 1:
+            self._fail(address, ControlError(f"{address} takes exactly one argument, got {len(args)}",
+                                             fix=f"send {address} with one float in 0..1"))
+            return
+        strength = args[0]
+        if isinstance(strength, float):  # float32 noise: 0.3 arrives as 0.30000001192…
+            strength = float(f"{strength:.7g}")
+        self._call(address, lambda: self._apply_strength(strength))
+
+    def _apply_strength(self, strength: Any) -> None:
+        current = self.target.get_state()["params"]["t_index_list"]
+        shifted = shift_t_index_list(current, strength)
+        # A fader sweep sends many values per index step: only real changes bump the version.
+        if shifted != current:
+            self.target.set({"t_index_list": shifted})
+
     def _on_pause(self, address: str, *args: Any) -> None:
         if _pressed(args):
             self._call(address, self.target.pause)
@@ -189,7 +233,9 @@ class OscAdapter:
         params = state.get("params", {})
         for entry in osc_address_map():
             value = params.get(entry.param) if entry.param else None
-            if isinstance(value, (str, int, float)):  # weighted lists only go in the JSON
+            if isinstance(value, list) and entry.type_tag.endswith(LIST_TAG):
+                self._send(entry.address, [int(v) for v in value])  # N int arguments
+            elif isinstance(value, (str, int, float)):  # weighted lists only go in the JSON
                 self._send(entry.address, int(value) if isinstance(value, bool) else value)
         self._send(f"{PREFIX}/version", int(state.get("version", 0)))
         self._send(f"{PREFIX}/paused", int(bool(state.get("paused"))))

@@ -6,8 +6,8 @@
 Outputs (beside this file):
   osc-map.json      every OSC address the daemon accepts: address, type tag, parameter, range
   osc-map.md        the same as a table for humans
-  sdbridge.osc.json an Open Stage Control session: prompt presets and a prompt field, guidance /
-                    delta / similarity faders, seed, similarity filter, pause / resume, and
+  sdbridge.osc.json an Open Stage Control session: prompt presets and a prompt field, strength /
+                    guidance / delta / similarity faders, seed, similarity filter, pause / resume, and
                     feedback (paused LED, last error) from the daemon's OSC echo
 Nothing here is written by hand: change the schema (bridge/params.py) and regenerate.
 """
@@ -25,8 +25,8 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bridge.control.osc import PREFIX, osc_address_map  # noqa: E402
-from bridge.params import PARAMS_BY_NAME  # noqa: E402
+from bridge.control.osc import PREFIX, STRENGTH_ADDRESS, osc_address_map  # noqa: E402
+from bridge.params import PARAMS_BY_NAME, t_index_strength  # noqa: E402
 
 OSC_VERSION = "1.26.2"  # Open Stage Control release the session format follows
 PROMPT_PRESETS = (
@@ -53,7 +53,8 @@ def osc_map() -> dict[str, Any]:
         spec = PARAMS_BY_NAME.get(entry.param or "")
         entries.append({
             "address": entry.address, "type": entry.type_tag, "param": entry.param,
-            "minimum": spec.minimum if spec else None, "maximum": spec.maximum if spec else None,
+            "minimum": spec.minimum if spec else entry.minimum,
+            "maximum": spec.maximum if spec else entry.maximum,
             "description": entry.description,
         })
     return {"generated_by": "plugins/control-surface/generate.py", "prefix": PREFIX,
@@ -98,6 +99,19 @@ def _fader(param: str, label: str) -> dict[str, Any]:
     ], expand=True)
 
 
+def _strength_fader() -> dict[str, Any]:
+    """0..1 onto /sdbridge/strength; it starts where the schema's default t_index_list sits."""
+    entry = next(e for e in osc_address_map() if e.address == STRENGTH_ADDRESS)
+    default = round(t_index_strength(PARAMS_BY_NAME["t_index_list"].default), 3)
+    return _panel("strength_strip", "vertical", [
+        _widget("text", "strength_label", value="strength", height=40),
+        _widget("fader", "strength", address=entry.address, typeTags=entry.type_tag, decimals=3,
+                range={"min": entry.minimum, "max": entry.maximum}, default=default,
+                expand=True, pips=True,
+                comments="1 = most change; shifts t_index_list keeping its length (no rebuild)"),
+    ], expand=True)
+
+
 def session() -> dict[str, Any]:
     prompt_addr, prompt_type = _address("prompt"), _type("prompt")
     presets = [_widget("button", f"preset_{i}", label=text, mode="tap", on=text,
@@ -109,7 +123,7 @@ def session() -> dict[str, Any]:
         _panel("prompt_presets", "grid", presets, gridTemplate=3, expand=True),
     ], expand=True)
     faders = _panel("faders", "horizontal", [
-        _fader("guidance_scale", "guidance"), _fader("delta", "delta"),
+        _strength_fader(), _fader("guidance_scale", "guidance"), _fader("delta", "delta"),
         _fader("similarity_threshold", "similarity"),
     ], expand=True)
     transport = _panel("transport", "vertical", [

@@ -210,13 +210,14 @@ class Control:
     def set(self, **changes: Any) -> dict[str, Any]:
         if self.mode == "zmq":
             return self._client.set(**changes)
-        unknown = [name for name in changes if name not in self.osc_map or not self.osc_map[name]["param"]]
+        # Addresses that take a value: the mapped parameters plus strength (0..1 onto t_index_list).
+        unknown = [name for name in changes if name not in self.osc_map or not self.osc_map[name]["type"]]
         if unknown:
             raise ValueError(f"not in the OSC map: {', '.join(unknown)} (fix: use zmq_endpoint "
-                             f"for these, or one of {', '.join(n for n, e in self.osc_map.items() if e['param'])})")
+                             f"for these, or one of {', '.join(n for n, e in self.osc_map.items() if e['type'])})")
         for name, value in changes.items():
             entry = self.osc_map[name]
-            self.osc_out.sendOSC(entry["address"], [_osc_value(entry["type"], value)])
+            self.osc_out.sendOSC(entry["address"], _osc_args(entry["type"], value))
         return {"sent": sorted(changes)}
 
     def pause(self) -> None:
@@ -234,6 +235,13 @@ class Control:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def _osc_args(type_tag: str, value: Any) -> list[Any]:
+    """The OSC arguments of one value: ``i…`` (t_index_list) is the list as N integers."""
+    if type_tag.endswith("…"):
+        return [int(v) for v in value]
+    return [_osc_value(type_tag, value)]
 
 
 def _osc_value(type_tag: str, value: Any) -> Any:
