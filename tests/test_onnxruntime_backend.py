@@ -125,26 +125,41 @@ def test_gpu_provider_missing_is_an_error_not_a_fallback() -> None:
         choose_provider(torch.device("cpu"), "directml")
 
 
+PRESET = """
+version: 1
+model: {id: tiny, device: cpu, dtype: float32, acceleration: onnxruntime}
+width: 64
+height: 64
+t_index_list: [30]
+cfg_type: none
+frame_buffer_size: 1
+source: {kind: test_pattern}
+sink: [{kind: "null"}]
+"""
+
+
 def test_engines_cli_builds_what_the_runtime_then_uses(tmp_path, monkeypatch, capsys) -> None:
-    from bridge.pipeline.models import ModelSpec, load_components
+    from bridge.config import load_preset
+    from bridge.pipeline.models import load_components
+    from bridge.runtime.pipelines import resolve_model_spec
 
     monkeypatch.setenv("SDBRIDGE_HOME", str(tmp_path))
-    argv = ["engines", "build", "--acceleration", "onnxruntime", "--model", "tiny", "--device", "cpu",
-            "--cfg-type", "none", "--steps", "1", "--frames", "1", "--width", "64", "--height", "64",
-            "--min-size", "64", "--max-size", "128", "--json"]
-    assert main(argv) == 0
+    preset_file = tmp_path / "preset.yaml"
+    preset_file.write_text(PRESET)
+    assert main(["engines", "build", "--preset", str(preset_file), "--json"]) == 0
     built = json.loads(capsys.readouterr().out)
     assert [a["module"] for a in built["artefacts"]] == ["unet", "vae_encoder", "vae_decoder"]
-    assert all(a["built"] for a in built["artefacts"]) and built["rows"] == 1
+    assert all(a["built"] for a in built["artefacts"])
+    assert built["rows"] == 1 and built["hw_range"] == [64, 1024]  # default range widened to 64 px
     assert main(["engines", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert sorted(e["digest"] for e in listed["entries"]) == sorted(a["digest"] for a in built["artefacts"])
-    # The daemon's path: same model spec, same cache -> nothing exported again.
+    # The daemon's path: same preset -> same model, keys and size range -> nothing exported again.
     monkeypatch.setattr(onnx_export, "export_onnx", _no_export)
-    components = load_components(ModelSpec("tiny", device="cpu"), progress=False)
-    params = _params("none", [30], 1)
-    backend = create_backend(components, "onnxruntime", params=params, hw_range=HW_RANGE)
-    assert _compare(components, params, backend) < 1e-3
+    preset = load_preset(preset_file)
+    components = load_components(resolve_model_spec(preset.model), progress=False)
+    backend = create_backend(components, preset.model.acceleration, params=preset.params)
+    assert _compare(components, dict(preset.params), backend) < 1e-3
     assert main(["engines", "clean", "--all", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["removed"]) == 3
     assert EngineCache().entries() == []
