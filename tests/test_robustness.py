@@ -156,3 +156,36 @@ def test_control_fuzz_then_ping_and_frames_flow(tmp_path):
     finally:
         code, _ = proc.stop()
     assert code == 0, proc.log()
+
+
+def _ndi_reason() -> str:
+    from bridge.io import ndi
+
+    status = ndi.availability()
+    return "" if status.available else status.reason
+
+
+@pytest.mark.ndi
+def test_ndi_sink_serves_frames_then_sigterm_exits_cleanly(tmp_path):
+    """test pattern -> daemon -> NDI -> this process; SIGTERM closes the NDI sender and exits 0."""
+    reason = _ndi_reason()
+    if reason:
+        pytest.skip(f"NDI runtime unavailable: {reason}")
+    from bridge.io.ndi import NDISource
+
+    sender = f"sdbt-ndi-{secrets.token_hex(3)}"
+    proc = ServeProcess(["-m", "bridge", "serve", "--identity", "--preset", "presets/cpu-demo.yaml"],
+                        overrides=["sink={kind: ndi, name: %s}" % sender],
+                        log_path=tmp_path / "serve.log")
+    try:
+        proc.wait_ready()
+        receiver = NDISource(sender, timeout=20.0)
+        try:
+            frames = [receiver.receive(20.0) for _ in range(3)]  # FrameTimeout if none come
+            assert all((f.width, f.height) == (64, 64) for f in frames)
+        finally:
+            receiver.close()
+    finally:
+        code, elapsed = proc.stop(signal.SIGTERM, timeout=5.0)
+    assert code == 0, proc.log()
+    assert elapsed < 5.0
