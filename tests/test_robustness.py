@@ -189,3 +189,17 @@ def test_ndi_sink_serves_frames_then_sigterm_exits_cleanly(tmp_path):
         code, elapsed = proc.stop(signal.SIGTERM, timeout=5.0)
     assert code == 0, proc.log()
     assert elapsed < 5.0
+
+
+@pytest.mark.parametrize("delay", [0.5, 2.5])
+def test_signal_during_start_up_still_exits_zero(tmp_path, delay):
+    """SIGTERM while torch imports or the model loads: exit 0 within 5 s, nothing left behind."""
+    out = _name("early")
+    proc = ServeProcess(["-m", "bridge", "serve", "--preset", "presets/cpu-demo.yaml"],
+                        overrides=[f"sink.0.name={out}"], log_path=tmp_path / "serve.log")
+    time.sleep(delay)
+    code, elapsed = proc.stop(signal.SIGTERM, timeout=5.0)
+    assert code == 0, proc.log()
+    assert elapsed < 5.0
+    if LINUX:
+        assert not segment_exists(out)

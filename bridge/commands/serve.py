@@ -65,9 +65,20 @@ def _setup_logging(json_logs: bool) -> None:
 
 
 def run(args: argparse.Namespace, preset: Any = None) -> int:
+    _setup_logging(args.json_logs)
+    # Handlers first: a signal while torch is still importing must still end with exit code 0.
+    stop = threading.Event()
+    previous = _install_signal_handlers(stop)
+    try:
+        return _run(args, preset, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace, preset: Any, stop: threading.Event) -> int:
     from bridge.config import load_preset, preflight
 
-    _setup_logging(args.json_logs)
     if preset is None:
         preset = load_preset(args.preset, args.overrides)
     preflight(preset)
@@ -75,19 +86,23 @@ def run(args: argparse.Namespace, preset: Any = None) -> int:
         print(f"preset OK: model {preset.model.id}, source {preset.source.kind}, "
               f"sinks {', '.join(s.kind for s in preset.sinks)}")
         return 0
-    return serve(preset, identity=args.identity, progress=not args.json_logs)
+    if stop.is_set():
+        return 0
+    return serve(preset, identity=args.identity, progress=not args.json_logs, stop=stop)
 
 
 def serve(preset: Any, *, identity: bool = False, pipeline_factory: Any = None,
-          progress: bool = True) -> int:
-    """Run until a signal; returns the exit code. ``pipeline_factory`` replaces the model
-    (tests and benchmarks run the real daemon around a stand-in pipeline); ``progress=False``
-    hides the model-load bar (JSON logs must stay one object per line)."""
+          progress: bool = True, stop: threading.Event | None = None) -> int:
+    """Run until a signal (or ``stop`` is set); returns the exit code. ``pipeline_factory``
+    replaces the model (tests and benchmarks run the real daemon around a stand-in pipeline);
+    ``progress=False`` hides the model-load bar (JSON logs must stay one object per line)."""
     from bridge.runtime.daemon import Daemon
     from bridge.runtime.pipelines import identity_factory, stream_batch_factory
 
-    stop = threading.Event()
-    previous = _install_signal_handlers(stop)
+    previous: dict[int, Any] = {}
+    if stop is None:
+        stop = threading.Event()
+        previous = _install_signal_handlers(stop)
     if pipeline_factory is None:
         pipeline_factory = identity_factory if identity else \
             (lambda p, params: stream_batch_factory(p, params, progress=progress))
@@ -111,11 +126,11 @@ def serve(preset: Any, *, identity: bool = False, pipeline_factory: Any = None,
         daemon.stop(max(1.0, SHUTDOWN_BUDGET_S - (time.monotonic() - started)))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if daemon.running:
-            # A model call cannot be interrupted. Sinks are closed and shared memory unlinked;
+        if daemon.busy:
+            # A model load or call cannot be interrupted. Sinks are closed and shared memory unlinked;
             # letting the interpreter tear torch down under a running op would abort (SIGABRT),
             # so leave now with the exit code the user asked for.
-            log.warning("a model call is still running: exiting without waiting for it")
+            log.warning("a model load or call is still running: exiting without waiting for it")
             logging.shutdown()
             sys.stdout.flush()
             os._exit(0)

@@ -118,11 +118,12 @@ class Daemon:
         """Build the pipeline (blocking), open sinks, then start the threads. Returns False
         when ``cancel`` was set during the build (a signal at start-up)."""
         self.state.set_status("loading")
-        build = _Build(self._factory, self.preset, self.state.params())
+        build = self._build = _Build(self._factory, self.preset, self.state.params())
         while not build.wait(0.1):
             if cancel is not None and cancel.is_set():
                 self._stopped.set()
                 return False
+        self._build = None
         if build.error is not None:
             self.state.set_status("error")
             raise build.error
@@ -156,6 +157,12 @@ class Daemon:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        """A thread is still inside model code (a call or a load) that cannot be interrupted."""
+        build = self._build
+        return self.running or (build is not None and not build.done())
 
     # ----------------------------------------------------------- ControlTarget
     def get_state(self) -> dict[str, Any]:
