@@ -112,8 +112,12 @@ class OrtRunner:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        # Same thread count as torch (the user's --threads), and no spin-waiting: three sessions
+        # (plus torch for text/pre/post) share the cores, and idle ORT pools spinning at 100%
+        # slowed everything else in the process ~6x in `bench pipeline` on 2 cores.
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         name = PROVIDERS[choice.name]
         providers: list[Any] = [(name, choice.options)] if choice.options else [name]
         try:
