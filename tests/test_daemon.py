@@ -352,3 +352,38 @@ def test_txt2img_through_the_daemon_on_the_tiny_model():
         assert daemon.get_stats()["counters"].get("pipeline_errors", 0) == 0
     finally:
         daemon.stop()
+
+
+def test_failing_sink_is_reopened_and_reported_once_while_others_keep_receiving():
+    class BrokenSink(CaptureSink):
+        attempts = 0
+
+        def open(self) -> None:
+            BrokenSink.attempts += 1
+            if BrokenSink.attempts > 1:  # the first open (at start) works, reopening fails
+                raise ConnectionError("receiver went away")
+
+        def send(self, frame: Frame) -> None:
+            raise ConnectionError("receiver went away")
+
+    source, good, broken = QueueSource(), CaptureSink(), BrokenSink()
+    sinks = iter([good, broken])
+    preset = _preset(sink=[{"kind": "null"}, {"kind": "null"}], output_format="RGB")
+    daemon = Daemon(preset, pipeline_factory=lambda p, params: GuidancePipeline(params),
+                    source_factory=lambda c: source,
+                    sink_factory=lambda c: next(sinks, broken))
+    assert daemon.start()
+    try:
+        versions = []
+        for seq in range(1, 6):
+            source.push(seq)
+            _wait(lambda: good.by_seq(seq), what=f"frame {seq} on the working sink")
+            versions.append(daemon.get_state()["version"])
+            time.sleep(0.3)  # let the broken sink's retry come round
+        assert BrokenSink.attempts >= 2
+        assert daemon.get_state()["last_error"]["where"] == "sink.1"
+        assert daemon.get_stats()["counters"]["sink_errors"] >= 2
+        # send failed, then reopening failed (two reports); repeats add no state events
+        assert versions[-1] == versions[2]
+    finally:
+        daemon.stop()

@@ -74,6 +74,7 @@ class SourceWorker:
         self.connected = False
         self._failed = False  # an error was reported; cleared by the next good frame
         self._opened_ns = 0
+        self._last_report = ""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sdbridge-source", daemon=True)
@@ -134,7 +135,7 @@ class SourceWorker:
             self._stop.wait(self._backoff.next())
             return
         if self._failed:
-            self._failed = False
+            self._failed, self._last_report = False, ""
             _clear_error(self._state, "source")
         self.connected = True
         self._backoff.reset()
@@ -145,8 +146,12 @@ class SourceWorker:
 
     def _report(self, exc: BaseException, what: str) -> None:
         self.connected = False
-        self._failed = True
         self._stats.count("source_errors")
+        message = f"{what}: {exc}"
+        if self._failed and message == self._last_report:
+            log.debug("%s %s (again): %s", what, self.config.kind, exc)
+            return  # the same failure on every retry: one warning, one state change
+        self._failed, self._last_report = True, message
         if isinstance(exc, SdbridgeError):
             log.warning("%s %s: %s", what, self.config.kind, exc)
         else:
@@ -169,6 +174,7 @@ class _SinkSlot:
         self.sink: FrameSink | None = None
         self.retry_at = 0.0
         self.backoff = Backoff(0.2, 5.0)
+        self.last_report = ""
 
 
 class SinkWorker:
@@ -251,16 +257,20 @@ class SinkWorker:
             return
         slot.sink = sink
         slot.backoff.reset()
+        slot.last_report = ""
         _clear_error(self._state, f"sink.{slot.index}")
         log.info("sink %d (%s) opened", slot.index, slot.config.kind)
 
     def _fail(self, slot: _SinkSlot, exc: BaseException, what: str) -> None:
         self._stats.count("sink_errors")
-        if isinstance(exc, SdbridgeError):
-            log.warning("%s %d (%s): %s", what, slot.index, slot.config.kind, exc)
-        else:
-            log.exception("%s %d (%s)", what, slot.index, slot.config.kind)
-        self._state.set_error(exc, where=f"sink.{slot.index}")
+        message = f"{what}: {exc}"
+        if message != slot.last_report:  # the same failure on every retry is reported once
+            slot.last_report = message
+            if isinstance(exc, SdbridgeError):
+                log.warning("%s %d (%s): %s", what, slot.index, slot.config.kind, exc)
+            else:
+                log.exception("%s %d (%s)", what, slot.index, slot.config.kind)
+            self._state.set_error(exc, where=f"sink.{slot.index}")
         self._close(slot)
         slot.retry_at = time.monotonic() + slot.backoff.next()
 
