@@ -90,7 +90,10 @@ def choose_provider(device: torch.device, provider: str | None = None,
                                   "use provider cuda for a CUDA model"))
     options: dict[str, Any] = {}
     if name in ("cuda", "tensorrt"):
+        # Run on torch's stream: inputs written by torch are ready in stream order and outputs
+        # are ready for torch without a device-wide synchronize.
         options["device_id"] = device.index or 0
+        options["user_compute_stream"] = str(torch.cuda.current_stream(device).cuda_stream)
     if name == "tensorrt":
         options |= {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
                     "trt_engine_cache_path": str(trt_cache_dir or Path.cwd())}
