@@ -83,6 +83,10 @@ def test_bench_pipeline_bad_arguments(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["bench", "pipeline", "--frames", "0", "--json"]) == 2
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["code"] == "invalid_config" and "frames" in error["message"]
+    assert main(["bench", "pipeline", "--acceleration", "onnxruntime", "--cfg-type", "initialize",
+                 "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert "cfg_type='initialize'" in error["message"]
 
 
 def test_demo_sdxl_family_with_tiny_vae(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -203,6 +203,12 @@ def _diffusers_img2img(components: Any, steps: list[int], prompt: Any,
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.frames < 1:
         raise ConfigError(Problem("frames", args.frames, "must be >= 1", "use e.g. 4"))
+    if args.acceleration != "none" and args.cfg_type == "initialize":
+        # Sequential initialize runs 2 UNet rows at step 0 and 1 after: static-batch graphs can't.
+        raise ConfigError(Problem("cfg_type", "initialize", "the sequential baseline changes its "
+                                  "UNet batch between steps, which accelerated (static-batch) "
+                                  "backends cannot run", "use --cfg-type self, none or full with "
+                                  "--acceleration (fps_by_cfg still measures initialize)"))
     import torch
     from tqdm import tqdm
 
