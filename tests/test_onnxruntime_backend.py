@@ -18,7 +18,7 @@ from bridge.pipeline.backends.onnxruntime_backend import choose_provider
 from bridge.pipeline.stream_batch import StreamBatch
 from bridge.pipeline.tiny import build_tiny_components
 
-HW_RANGE = (64, 128)
+HW_RANGE = (64, 128)  # explicit range for the error test; the others use the default (64..1024 here)
 # (family, cfg_type, t_index_list, frames): UNet rows 3 (n·F+F), 4 (n·F with F=2), 2 (SDXL conditioning).
 CONFIGS = [("sd", "initialize", [20, 35], 1), ("sd", "self", [25, 40], 2), ("sdxl", "self", [20, 35], 1)]
 
@@ -61,7 +61,7 @@ def backends(tiny, cache) -> dict[tuple, object]:
     out = {}
     for family, cfg, steps, frames in CONFIGS:
         out[(family, cfg, frames)] = create_backend(tiny[family], "onnxruntime", params=_params(cfg, steps, frames),
-                                                    hw_range=HW_RANGE, cache=cache)
+                                                    cache=cache)
     return out
 
 
@@ -86,8 +86,7 @@ def _no_export(*args, **kwargs):
 
 def test_second_backend_comes_from_cache(tiny, backends, cache, monkeypatch) -> None:
     monkeypatch.setattr(onnx_export, "export_onnx", _no_export)
-    again = create_backend(tiny["sd"], "onnxruntime", params=_params("self", [25, 40], 2), hw_range=HW_RANGE,
-                           cache=cache)
+    again = create_backend(tiny["sd"], "onnxruntime", params=_params("self", [25, 40], 2), cache=cache)
     images = _frames(1, 2)[0]
     assert torch.equal(StreamBatch(tiny["sd"], _params("self", [25, 40], 2), backend=again).process(images),
                        StreamBatch(tiny["sd"], _params("self", [25, 40], 2),
@@ -95,10 +94,15 @@ def test_second_backend_comes_from_cache(tiny, backends, cache, monkeypatch) -> 
 
 
 def test_without_params_each_module_builds_on_first_call(tiny, backends, cache, caplog) -> None:
-    lazy = create_backend(tiny["sd"], "onnxruntime", hw_range=HW_RANGE, cache=cache)
+    # What a caller that knows nothing gets: batch and size range from the first calls, equal to
+    # what the eager path derives from the params, so the same cache entries serve both.
+    entries = sorted(e.digest for e in cache.entries())
+    lazy = create_backend(tiny["sd"], "onnxruntime", cache=cache)
     with caplog.at_level("WARNING"):
         assert _compare(tiny["sd"], _params("initialize", [20, 35], 1), lazy) < 1e-3
     assert "on its first call" in caplog.text
+    assert sorted(e.digest for e in cache.entries()) == entries
+    assert {tuple(e.key["hw_range"]) for e in cache.entries()} == {(64, 1024)}
 
 
 def test_wrong_batch_and_size_are_errors(tiny, backends) -> None:
@@ -106,7 +110,7 @@ def test_wrong_batch_and_size_are_errors(tiny, backends) -> None:
     with pytest.raises(PipelineError, match="batch 3"):
         backend.unet(torch.zeros(2, 4, 8, 8), torch.tensor([999, 500]), torch.zeros(1, 77, 32))
     with pytest.raises(ConfigError) as info:
-        backend.encode(torch.zeros(1, 3, 192, 64))
+        backend.encode(torch.zeros(1, 3, 1088, 64))
     assert info.value.fields == ["height"]
     with pytest.raises(ConfigError, match="multiple of 16"):
         backend.decode(torch.zeros(1, 4, 9, 8))

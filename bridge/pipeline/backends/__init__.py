@@ -9,7 +9,8 @@ No silent fallback: a missing runtime raises ``RuntimeMissingError``; only an ex
 ``fallback`` (``torch``/``none``/``compile``/``onnxruntime``) is used instead, with a warning.
 
 ``hw_range`` (min, max pixels, multiples of 64) is what the graphs/engines accept without a
-rebuild; default 256–1024 widened to include the configured size.
+rebuild; default 256–1024 widened to include the configured size (or, when no size is given,
+the first frame's size).
 """
 
 from __future__ import annotations
@@ -92,9 +93,12 @@ def _create(components: Components, acceleration: str, *, params: Mapping[str, A
     from bridge.pipeline.guidance import unet_rows
 
     cfg_type, n, frames, height, width = _shape_args(params, cfg_type, n, frames, height, width)
-    hw_range = check_hw_range(hw_range or default_hw_range(height, width))
-    if height is not None and width is not None:
-        check_size_in_range(height, width, hw_range)  # fail now, not on the first frame
+    if hw_range is None and height and width:
+        hw_range = default_hw_range(height, width)
+    if hw_range is not None:  # else: the default range around the first frame's size
+        hw_range = check_hw_range(hw_range)
+        if height and width:
+            check_size_in_range(height, width, hw_range)  # fail now, not on the first frame
     rows = unet_rows(cfg_type, n, frames) if cfg_type and n and frames else None
     if acceleration == "onnxruntime":
         from bridge.pipeline.backends.onnxruntime_backend import onnxruntime_backend

@@ -28,6 +28,7 @@ from bridge.pipeline.components import Components
 log = logging.getLogger(__name__)
 
 Runner = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+Factory = Callable[[str, int, tuple[int, int]], tuple[Runner, Mapping[str, Any]]]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
@@ -159,14 +160,15 @@ class ModuleAdapter:
     what was built, broadcasts timestep / embeddings to the row count, restores the caller's
     dtype. Shared by the ONNX Runtime and TensorRT backends.
 
-    ``factory(module, batch) -> (runner, spec)`` builds (or loads from the cache) one module.
-    With ``batches`` given every module is built now; without, each is built on its first call
-    for the batch that call has (a caller that does not know its row count still works, at the
-    price of a stall on the first frame, logged).
+    ``factory(module, batch, hw_range) -> (runner, spec)`` builds (or loads from the cache) one
+    module. With ``batches`` (and ``hw_range``) given every module is built now; without, each
+    is built on its first call for the batch that call has, and a missing ``hw_range`` becomes
+    the default range around the first call's size (a caller that knows neither still works, at
+    the price of a stall on the first frame, logged).
     """
 
-    def __init__(self, components: Components, factory: Callable[[str, int], tuple[Runner, Mapping[str, Any]]],
-                 hw_range: tuple[int, int], batches: Mapping[str, int] | None = None) -> None:
+    def __init__(self, components: Components, factory: Factory, hw_range: tuple[int, int] | None,
+                 batches: Mapping[str, int] | None = None) -> None:
         self.factory = factory
         self.runners: dict[str, Runner] = {}
         self.specs: dict[str, Mapping[str, Any]] = {}
@@ -174,13 +176,21 @@ class ModuleAdapter:
         self.family = components.family
         self.vae_scale = components.vae_scale_factor
         self.multiple = self.vae_scale * 2 ** (len(components.unet.config.block_out_channels) - 1)
+        if batches and hw_range is None:
+            raise ConfigError(Problem("hw_range", None, "needed to build before the first frame",
+                                      "pass hw_range or the pipeline height/width"))
         for module, batch in (batches or {}).items():
             self._build(module, batch)
 
     def _build(self, module: str, batch: int) -> None:
-        self.runners[module], self.specs[module] = self.factory(module, batch)
+        assert self.hw_range is not None  # set by __init__ or the first _check_size
+        self.runners[module], self.specs[module] = self.factory(module, batch, self.hw_range)
 
     def _check_size(self, height: int, width: int) -> None:
+        if self.hw_range is None:
+            from bridge.pipeline.backends import default_hw_range
+
+            self.hw_range = default_hw_range(height, width)
         check_size_in_range(height, width, self.hw_range)
         bad = [Problem(n, v, f"must be a multiple of {self.multiple} for the exported UNet",
                        f"round to a multiple of {self.multiple}")
@@ -210,9 +220,9 @@ class ModuleAdapter:
 
     def unet(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
              added_cond: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        rows = self._check_batch("unet", sample.shape[0])
         f = self.vae_scale
         self._check_size(sample.shape[2] * f, sample.shape[3] * f)
+        rows = self._check_batch("unet", sample.shape[0])
         t = torch.as_tensor(timestep, device=sample.device).to(torch.float32).reshape(-1)
         feed = {"sample": sample, "timestep": self._rows(t, rows, "timestep"),
                 "encoder_hidden_states": self._rows(encoder_hidden_states, rows, "encoder_hidden_states")}
@@ -225,13 +235,13 @@ class ModuleAdapter:
         return self.runners["unet"](feed).to(sample.dtype)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        self._check_batch("vae_encoder", images.shape[0])
         self._check_size(images.shape[2], images.shape[3])
+        self._check_batch("vae_encoder", images.shape[0])
         return self.runners["vae_encoder"]({"images": images}).to(images.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        self._check_batch("vae_decoder", latents.shape[0])
         self._check_size(latents.shape[2] * self.vae_scale, latents.shape[3] * self.vae_scale)
+        self._check_batch("vae_decoder", latents.shape[0])
         return self.runners["vae_decoder"]({"latents": latents}).to(latents.dtype)
 
     def backend(self, name: str) -> Backend:
@@ -243,10 +253,10 @@ def module_batches(rows: int, frames: int) -> dict[str, int]:
 
 
 def onnxruntime_backend(components: Components, *, rows: int | None = None, frames: int | None = None,
-                        hw_range: tuple[int, int] = (256, 1024), precision: str | None = None,
+                        hw_range: tuple[int, int] | None = None, precision: str | None = None,
                         provider: str | None = None, cache: Any = None, threads: int = 0) -> Backend:
     """Export/clean (or reuse from the cache) the three graphs and open one session each.
-    ``rows``/``frames`` None: each module is built on its first call (see ModuleAdapter)."""
+    ``rows``/``frames``/``hw_range`` None: built on first call (see ModuleAdapter)."""
     from bridge.pipeline.backends.engine_cache import EngineCache
     from bridge.pipeline.backends.onnx_cleanup import prepare_onnx
 
@@ -260,7 +270,7 @@ def onnxruntime_backend(components: Components, *, rows: int | None = None, fram
     choice = choose_provider(device, provider, trt_cache_dir=cache.root / "ort-trt")
     precision = precision or ("fp16" if device.type == "cuda" else "fp32")
 
-    def factory(module: str, batch: int) -> tuple[Runner, Mapping[str, Any]]:
+    def factory(module: str, batch: int, hw_range: tuple[int, int]) -> tuple[Runner, Mapping[str, Any]]:
         entry = prepare_onnx(components, module, batch=batch, hw_range=hw_range, precision=precision,
                              cache=cache)
         spec = entry.meta["spec"]
@@ -268,6 +278,6 @@ def onnxruntime_backend(components: Components, *, rows: int | None = None, fram
 
     batches = None if rows is None or frames is None else module_batches(rows, frames)
     adapter = ModuleAdapter(components, factory, hw_range, batches)
-    log.info("onnxruntime backend (%s, %s, rows %s, frames %s, %d..%d px)", choice.name, precision,
-             rows, frames, *hw_range)
+    log.info("onnxruntime backend (%s, %s, rows %s, frames %s, sizes %s px)", choice.name, precision,
+             rows, frames, hw_range or "from the first frame")
     return adapter.backend(f"onnxruntime-{choice.name}")

@@ -125,7 +125,7 @@ class TrtRunner:
 
 
 def tensorrt_backend(components: Components, *, rows: int | None = None, frames: int | None = None,
-                     hw_range: tuple[int, int] = (256, 1024), opt_hw: tuple[int, int] | None = None,
+                     hw_range: tuple[int, int] | None = None, opt_hw: tuple[int, int] | None = None,
                      precision: str = "fp16", typing: str = "strong", cache: Any = None,
                      cuda_graph: bool = False, progress: bool = True) -> Backend:
     """Engines for UNet / VAE encoder / decoder (built into the cache if needed), loaded."""
@@ -138,16 +138,16 @@ def tensorrt_backend(components: Components, *, rows: int | None = None, frames:
         raise ConfigError(Problem("model.device", str(components.device), "TensorRT runs on CUDA",
                                   "set model.device to cuda (or auto)"))
     cache = cache or EngineCache()
-    mid = ((hw_range[0] + hw_range[1]) // 2 // 64) * 64
-    opt_hw = opt_hw or (mid, mid)
-
-    def factory(module: str, batch: int) -> tuple[Runner, Mapping[str, Any]]:
-        entry, spec = ensure_engine(components, module, batch=batch, hw_range=hw_range, opt_hw=opt_hw,
+    def factory(module: str, batch: int, hw_range: tuple[int, int]) -> tuple[Runner, Mapping[str, Any]]:
+        mid = ((hw_range[0] + hw_range[1]) // 2 // 64) * 64
+        entry, spec = ensure_engine(components, module, batch=batch, hw_range=hw_range,
+                                    opt_hw=opt_hw or (mid, mid),
                                     precision=precision, typing=typing, cache=cache, progress=progress)
         return TrtRunner(entry.file(ENGINE_FILE), components.device, cuda_graph=cuda_graph), spec
 
     batches = None if rows is None or frames is None else module_batches(rows, frames)
     adapter = ModuleAdapter(components, factory, hw_range, batches)
-    log.info("tensorrt backend ready on %s (%s, rows %s, frames %s, %d..%d px, cuda graph %s)",
-             torch.cuda.get_device_name(components.device), precision, rows, frames, *hw_range, cuda_graph)
+    log.info("tensorrt backend on %s (%s, rows %s, frames %s, sizes %s px, cuda graph %s)",
+             torch.cuda.get_device_name(components.device), precision, rows, frames,
+             hw_range or "from the first frame", cuda_graph)
     return adapter.backend("tensorrt")
