@@ -121,7 +121,12 @@ def check_tokenizer(tokenizer: object, field: str = "tokenizer") -> None:
 
 @lru_cache(maxsize=1)
 def _tokenizer_dir() -> Path:
-    return write_tokenizer_files(Path(tempfile.mkdtemp(prefix="sdbridge-tiny-tok-")))
+    import atexit
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix="sdbridge-tiny-tok-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return write_tokenizer_files(folder)
 
 
 def build_tokenizer() -> object:
