@@ -126,10 +126,11 @@ def test_damaged_entry_detected_and_rebuilt(tmp_path, damage, caplog) -> None:
     plan = entry.file("engine.plan")
     if damage == "truncate":
         plan.write_bytes(plan.read_bytes()[:500])
-    elif damage == "flip_byte":
+    elif damage == "flip_byte":  # same size, rewritten later (newer mtime)
         data = bytearray(plan.read_bytes())
         data[10] ^= 0xFF
         plan.write_bytes(bytes(data))
+        os.utime(plan, ns=(time.time_ns(), plan.stat().st_mtime_ns + 10**9))
     elif damage == "delete_file":
         plan.unlink()
     elif damage == "foreign_manifest":
@@ -144,6 +145,33 @@ def test_damaged_entry_detected_and_rebuilt(tmp_path, damage, caplog) -> None:
     assert "invalid" in caplog.text
     assert rebuilt.file("engine.plan").read_bytes() == b"0123456789" * 100
     assert cache.lookup(key) is not None
+
+
+def test_silent_bit_rot_needs_full_verification(tmp_path) -> None:
+    # Same size AND same mtime (bit rot, a copy tool preserving times): the default stamp check
+    # trusts the last checksum; verify="full" re-hashes and catches it.
+    cache = EngineCache(tmp_path)
+    entry = cache.get_or_build({"k": 5}, _writer(b"abcdefghij" * 100, []))
+    plan = entry.file("engine.plan")
+    before = plan.stat()
+    data = bytearray(plan.read_bytes())
+    data[3] ^= 0x01
+    plan.write_bytes(bytes(data))
+    os.utime(plan, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert cache.lookup({"k": 5}) is not None
+    assert cache.lookup({"k": 5}, verify="full") is None
+    assert not entry.path.exists()  # removed, will be rebuilt
+
+
+def test_stamp_avoids_rehashing_unchanged_files(tmp_path, monkeypatch) -> None:
+    cache = EngineCache(tmp_path)
+    cache.get_or_build({"k": 6}, _writer(b"x" * 100, []))
+    hashed = []
+    monkeypatch.setattr(engine_cache, "file_sha256", lambda path: hashed.append(path) or "")
+    assert cache.lookup({"k": 6}) is not None
+    assert hashed == []
+    with pytest.raises(ConfigError):
+        cache.lookup({"k": 6}, verify="sometimes")
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch) -> None:

@@ -16,11 +16,11 @@ from bridge.errors import ConfigError
 from bridge.pipeline.backends.onnx_cleanup import cleanup_onnx
 from bridge.pipeline.backends.onnx_export import (
     ONNX_FILE,
-    torch_module,
     check_hw_range,
     example_inputs,
     export_onnx,
     external_data_files,
+    torch_module,
 )
 from bridge.pipeline.tiny import build_tiny_components
 

@@ -201,6 +201,12 @@ def test_ensure_engine_builds_once_with_profile_and_timing_cache(tiny, recorded,
     again, _ = tb.ensure_engine(tiny, "vae_decoder", batch=1, hw_range=(64, 128), opt_hw=(64, 64),
                                 precision="fp32", cache=cache, progress=False)
     assert again.path == entry.path and calls == []
+    # A cached engine does not need its ONNX artefact any more (not even re-hashed).
+    for onnx_entry in [e for e in cache.entries() if e.key["artefact"] == "onnx"]:
+        cache.remove(onnx_entry)
+    third, _ = tb.ensure_engine(tiny, "vae_decoder", batch=1, hw_range=(64, 128), opt_hw=(64, 64),
+                                precision="fp32", cache=cache, progress=False)
+    assert third.path == entry.path and calls == []
     tb.ensure_engine(tiny, "vae_decoder", batch=2, hw_range=(64, 128), opt_hw=(64, 64),
                      precision="fp32", cache=cache, progress=False)
     assert ("create_timing_cache", b"+run") in calls

@@ -35,6 +35,8 @@ from bridge.errors import ConfigError, PipelineError, Problem
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"  # (size, mtime) of each file when its checksum last matched
+VERIFY_MODES = ("stamp", "full", "size")
 CACHE_FORMAT = 1  # bump when the layout or the meaning of a key field changes
 MAX_PATH_CHARS = 200
 _DIGEST_CHARS = 16
@@ -132,8 +134,13 @@ class EngineCache:
                 "set SDBRIDGE_HOME to a shorter directory, e.g. C:\\sdbridge"))
 
     # -- reading -------------------------------------------------------------------------
-    def lookup(self, key: Mapping[str, Any], *, verify: bool = True) -> CacheEntry | None:
-        """The valid entry for ``key``, or None. Invalid entries are removed (and logged)."""
+    def lookup(self, key: Mapping[str, Any], *, verify: str = "stamp") -> CacheEntry | None:
+        """The valid entry for ``key``, or None. Invalid entries are removed (and logged).
+
+        ``verify``: ``full`` checksums every file; ``stamp`` (default) checksums a file only when
+        its size or mtime differs from the last successful check (hashing a 1.7 GB engine plus
+        its 3.4 GB ONNX on every start would cost seconds); ``size`` only compares sizes.
+        """
         path = self.entry_dir(key)
         if not path.exists():
             return None
@@ -144,22 +151,44 @@ class EngineCache:
         self._discard(path)
         return None
 
-    def _validate(self, path: Path, key: dict[str, Any], *, verify: bool) -> str | None:
+    def _validate(self, path: Path, key: dict[str, Any], *, verify: str) -> str | None:
+        if verify not in VERIFY_MODES:
+            raise ConfigError(Problem("verify", verify, "unknown mode", f"one of {', '.join(VERIFY_MODES)}"))
         try:
             manifest = json.loads((path / MANIFEST).read_text("utf-8"))
         except (OSError, ValueError) as exc:
             return f"manifest unreadable: {exc}"
         if canonical_json(manifest.get("key")) != canonical_json(key):
             return "manifest key does not match the requested key"
+        stamps = self._read_stamps(path) if verify == "stamp" else {}
+        fresh = {}
         for name, info in manifest.get("files", {}).items():
             file = path / name
             if not file.is_file():
                 return f"{name} is missing"
-            if file.stat().st_size != int(info["size"]):
-                return f"{name} is {file.stat().st_size} bytes, manifest says {info['size']} (truncated?)"
-            if verify and file_sha256(file) != info["sha256"]:
+            stat = file.stat()
+            if stat.st_size != int(info["size"]):
+                return f"{name} is {stat.st_size} bytes, manifest says {info['size']} (truncated?)"
+            stamp = [stat.st_size, stat.st_mtime_ns]
+            if verify == "size" or stamps.get(name) == stamp:
+                fresh[name] = stamp
+                continue
+            if file_sha256(file) != info["sha256"]:
                 return f"{name} checksum mismatch (corrupted)"
+            fresh[name] = stamp
+        if verify != "size" and fresh != stamps:
+            try:
+                atomic_write_bytes(path / VERIFIED, json.dumps(fresh).encode())
+            except OSError as exc:  # read-only cache: still valid, just checked again next time
+                log.debug("could not record verification in %s: %s", path, exc)
         return None
+
+    @staticmethod
+    def _read_stamps(path: Path) -> dict[str, Any]:
+        try:
+            return dict(json.loads((path / VERIFIED).read_text("utf-8")))
+        except (OSError, ValueError, TypeError):
+            return {}
 
     def _read_entry(self, path: Path) -> CacheEntry:
         manifest = json.loads((path / MANIFEST).read_text("utf-8"))
@@ -181,7 +210,7 @@ class EngineCache:
 
     # -- writing -------------------------------------------------------------------------
     def get_or_build(self, key: Mapping[str, Any], build: Callable[[Path], dict[str, Any] | None],
-                     *, verify: bool = True) -> CacheEntry:
+                     *, verify: str = "stamp") -> CacheEntry:
         """Return the valid entry for ``key``; otherwise call ``build(tmp_dir)`` to fill a temp
         directory (it may return extra metadata for the manifest) and publish it atomically."""
         key = dict(key)
@@ -199,11 +228,13 @@ class EngineCache:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _write_manifest(self, tmp: Path, key: dict[str, Any], meta: dict[str, Any]) -> None:
-        files = {}
+        files, stamps = {}, {}
         for file in sorted(tmp.iterdir()):
-            if not file.is_file() or file.name == MANIFEST:
+            if not file.is_file() or file.name in (MANIFEST, VERIFIED):
                 continue
-            files[file.name] = {"size": file.stat().st_size, "sha256": file_sha256(file)}
+            stat = file.stat()
+            files[file.name] = {"size": stat.st_size, "sha256": file_sha256(file)}
+            stamps[file.name] = [stat.st_size, stat.st_mtime_ns]  # a rename keeps mtimes
         if not files:
             raise PipelineError(f"building cache entry {key_digest(key)} produced no files",
                                 fix="see the log above for the export/build error")
@@ -211,8 +242,9 @@ class EngineCache:
                     "meta": meta}
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True,
                                                       default=_json_default).encode())
+        atomic_write_bytes(tmp / VERIFIED, json.dumps(stamps).encode())
 
-    def _publish(self, tmp: Path, key: dict[str, Any], *, verify: bool) -> CacheEntry:
+    def _publish(self, tmp: Path, key: dict[str, Any], *, verify: str) -> CacheEntry:
         final = self.entry_dir(key)
         try:
             os.replace(tmp, final)

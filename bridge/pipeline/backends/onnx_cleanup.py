@@ -103,6 +103,16 @@ def onnx_runtime_versions(opset: int) -> dict[str, Any]:
             "polygraphy": polygraphy.__version__, "opset": opset, "exporter": "torchscript"}
 
 
+def onnx_key(components: Any, module: str, *, batch: int, hw_range: tuple[int, int], precision: str,
+             opset: int | None = None) -> dict[str, Any]:
+    """Cache key of the cleaned ONNX artefact (TensorRT engine keys include its digest)."""
+    from bridge.pipeline.backends import onnx_export
+    from bridge.pipeline.backends.engine_cache import artefact_key
+
+    return artefact_key(components, module, artefact="onnx", batch=batch, hw_range=hw_range,
+                        precision=precision, runtime=onnx_runtime_versions(opset or onnx_export.OPSET))
+
+
 def prepare_onnx(components: Any, module: str, *, batch: int, hw_range: tuple[int, int],
                  precision: str = "fp32", cache: Any = None, opset: int | None = None,
                  external_threshold: int = PROTOBUF_LIMIT) -> Any:
@@ -115,7 +125,7 @@ def prepare_onnx(components: Any, module: str, *, batch: int, hw_range: tuple[in
     import torch
 
     from bridge.pipeline.backends import onnx_export
-    from bridge.pipeline.backends.engine_cache import EngineCache, artefact_key
+    from bridge.pipeline.backends.engine_cache import EngineCache
 
     if precision not in PRECISION_DTYPES:
         from bridge.errors import ConfigError, Problem
@@ -125,8 +135,7 @@ def prepare_onnx(components: Any, module: str, *, batch: int, hw_range: tuple[in
     cache = cache or EngineCache()
     opset = opset or onnx_export.OPSET
     cache.check_path_length(onnx_export.ONNX_FILE + ".data")
-    key = artefact_key(components, module, artefact="onnx", batch=batch, hw_range=hw_range,
-                       precision=precision, runtime=onnx_runtime_versions(opset))
+    key = onnx_key(components, module, batch=batch, hw_range=hw_range, precision=precision, opset=opset)
     dtype = getattr(torch, PRECISION_DTYPES[precision])
 
     def build(tmp: Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bridge.errors import ConfigError, ModelError, PipelineError, Problem, RuntimeMissingError
-from bridge.pipeline.backends.engine_cache import CacheEntry, EngineCache, artefact_key, atomic_write_bytes
+from bridge.pipeline.backends.engine_cache import CacheEntry, EngineCache, artefact_key, atomic_write_bytes, key_digest
 from bridge.pipeline.backends.onnx_export import ONNX_FILE
 
 log = logging.getLogger(__name__)
@@ -234,18 +234,23 @@ def ensure_engine(components: Any, module: str, *, batch: int, hw_range: tuple[i
                   opt_hw: tuple[int, int], precision: str = "fp16", typing: str = "strong",
                   cache: EngineCache | None = None, progress: bool = True) -> tuple[CacheEntry, Mapping[str, Any]]:
     """The engine for one module, from the cache or built (ONNX artefact first). Returns the
-    engine entry and the ONNX I/O spec."""
-    from bridge.pipeline.backends.onnx_cleanup import prepare_onnx
+    engine entry and the ONNX I/O spec. A cached engine is used without touching its ONNX
+    artefact (its key holds the ONNX key's digest)."""
+    from bridge.pipeline.backends.onnx_cleanup import onnx_key, prepare_onnx
 
     check_precision(precision, typing)
     cache = cache or EngineCache()
     versions = trt_versions(components.device)
-    onnx_entry = prepare_onnx(components, module, batch=batch, hw_range=hw_range,
-                              precision=onnx_precision(precision, typing), cache=cache)
-    spec = onnx_entry.meta["spec"]
-    runtime = {**versions, "onnx": onnx_entry.digest, "typing": typing, "opt_hw": list(opt_hw)}
+    export_args = dict(batch=batch, hw_range=hw_range, precision=onnx_precision(precision, typing))
+    runtime = {**versions, "onnx": key_digest(onnx_key(components, module, **export_args)),
+               "typing": typing, "opt_hw": list(opt_hw)}
     key = artefact_key(components, module, artefact="trt", batch=batch, hw_range=hw_range,
                        precision=precision, runtime=runtime)
+    cached = cache.lookup(key)
+    if cached is not None:
+        return cached, cached.meta["spec"]
+    onnx_entry = prepare_onnx(components, module, cache=cache, **export_args)
+    spec = onnx_entry.meta["spec"]
     timing = cache.timing_cache_path({"tensorrt": versions["tensorrt"], "sm": versions["sm"],
                                       "precision": precision, "typing": typing})
 
