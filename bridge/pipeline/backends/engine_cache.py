@@ -5,6 +5,7 @@ Layout (short, hash-named directories so Windows paths stay far below 200 charac
     $SDBRIDGE_HOME/engines/            (default ~/.cache/sdbridge/engines)
         3f2a9c0e1b7d4a55/              one entry = sha256(key)[:16]
             manifest.json              the full key, file sizes and sha256 checksums
+            verified.json              (size, mtime) of each file when its checksum last matched
             model.onnx  model.onnx.data  engine.plan ...
         timing/<hash>.cache            TensorRT timing caches (shared between builds)
         .tmp/                          entries being built (never read)
@@ -13,7 +14,8 @@ An entry is built in ``.tmp/`` and published with one ``os.replace`` of the whol
 so a reader sees either nothing or a complete entry. A reader trusts an entry only when the
 manifest's key equals the requested key and every file matches its recorded size and
 checksum; otherwise the entry is removed and rebuilt (truncated copy, disk error, manual edit,
-a different TensorRT version writing the same directory…).
+a different TensorRT version writing the same directory…). A file whose size and mtime are
+unchanged since its last successful checksum is not hashed again (``verify="full"`` forces it).
 """
 
 from __future__ import annotations
