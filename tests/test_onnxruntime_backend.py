@@ -167,3 +167,12 @@ def test_engines_cli_builds_what_the_runtime_then_uses(tmp_path, monkeypatch, ca
     assert main(["engines", "clean", "--all", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["removed"]) == 3
     assert EngineCache().entries() == []
+
+
+def test_sessions_share_cores_politely(backends) -> None:
+    # Spinning ORT pools starved torch ~6x in `bench pipeline` on 2 cores (docs/performance.md).
+    adapter = backends[("sd", "initialize", 1)].unet.__self__
+    for runner in adapter.runners.values():
+        options = runner.session.get_session_options()
+        assert options.intra_op_num_threads == torch.get_num_threads()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
