@@ -387,3 +387,23 @@ def test_failing_sink_is_reopened_and_reported_once_while_others_keep_receiving(
         assert versions[-1] == versions[2]
     finally:
         daemon.stop()
+
+
+def test_pipeline_error_then_a_fixing_change_recovers_without_waiting_out_the_backoff():
+    daemon, source, sink = _manual_daemon(fallback_output="black")
+    try:
+        daemon.set({"mode": "txt2img"})  # this pipeline cannot do txt2img: it will raise
+        _wait(lambda: daemon.get_state()["pending_rebuild"] == [], what="txt2img rebuild")
+        source.push(1)
+        failed = _wait(lambda: sink.by_seq(1), what="fallback frame for the failing call")
+        assert _value(failed) == 0
+        state = daemon.get_state()
+        assert state["status"] in ("error", "rebuilding") and state["last_error"]["where"] == "pipeline"
+        daemon.set({"mode": "img2img"})
+        _wait(lambda: daemon.get_state()["status"] == "running", timeout=5.0,
+              what="recovery right after the fixing change")
+        source.push(2)
+        assert _value(_wait(lambda: sink.by_seq(2), what="frame 2")) == round(1.2 / 20 * 255)
+        assert daemon.get_stats()["counters"]["pipeline_errors"] >= 1
+    finally:
+        daemon.stop()

@@ -322,6 +322,8 @@ class Daemon:
             self._rebuild_requested.clear()
             self._start_build()
             return
+        if changes and self._pipeline is None and self._build is None:
+            self._retry_at = 0.0  # waiting out an error: new parameters may fix it, try now
         if not changes or self._pipeline is None:
             return  # while building, the build's completion reconciles with the state
         self._update(changes)
