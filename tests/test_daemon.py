@@ -407,3 +407,36 @@ def test_pipeline_error_then_a_fixing_change_recovers_without_waiting_out_the_ba
         assert daemon.get_stats()["counters"]["pipeline_errors"] >= 1
     finally:
         daemon.stop()
+
+
+def test_load_preset_switches_source_and_sinks_without_restart(tmp_path):
+    made: list[tuple[str, dict[str, Any], CaptureSink]] = []
+
+    def sink_factory(config):
+        sink = CaptureSink()
+        made.append((config.kind, dict(config.options), sink))
+        return sink
+
+    sources = {"first": QueueSource(), "second": QueueSource()}
+    preset = _preset(source={"kind": "test_pattern", "name": "first"},
+                     sink=[{"kind": "null", "name": "a"}], output_format="RGB")
+    daemon = Daemon(preset, pipeline_factory=lambda p, params: GuidancePipeline(params),
+                    source_factory=lambda c: sources[c.options["name"]], sink_factory=sink_factory)
+    assert daemon.start()
+    try:
+        sources["first"].push(1)
+        _wait(lambda: made[0][2].by_seq(1), what="frame on the first sink")
+        switched = tmp_path / "switched.yaml"
+        switched.write_text(yaml.safe_dump(dict(
+            DEFAULT_PRESET, control={"enabled": False}, output_format="RGB", guidance_scale=2.0,
+            source={"kind": "test_pattern", "name": "second"},
+            sink=[{"kind": "null", "name": "b"}])), encoding="utf-8")
+        result = daemon.load_preset(str(switched))
+        assert result["rebuild"] is False
+        sources["second"].push(2)
+        frame = _wait(lambda: next((s.by_seq(2) for k, o, s in made if o.get("name") == "b"
+                                    and s.by_seq(2)), None), what="frame 2 on the new sink")
+        assert _value(frame) == round(2.0 / 20 * 255)
+        assert made[0][2].closed and made[0][2].by_seq(2) is None  # the old sink was closed
+    finally:
+        daemon.stop()
