@@ -366,8 +366,7 @@ def test_daemon_serves_its_output_and_the_form_drives_it() -> None:
     try:
         sink = daemon.sinks.sinks[0]
         assert isinstance(sink, HttpPreviewSink)
-        if sink._control is None:  # until the daemon injects itself, do what it should do
-            sink.attach_control(daemon)
+        assert sink._control is daemon  # the daemon hands itself to the form at open
         reader = MjpegReader(sink.port)
         try:
             first, second = decode(reader.next_part()), decode(reader.next_part())

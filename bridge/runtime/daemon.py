@@ -93,7 +93,8 @@ class Daemon:
         self._out: BoundedQueue[list[Frame]] = BoundedQueue(output_depth)
         self.source = SourceWorker(preset.source, self._slot, self.stats, self.state,
                                    factory=source_factory)
-        self.sinks = SinkWorker(preset.sinks, self._out, self.stats, self.state, factory=sink_factory)
+        self.sinks = SinkWorker(preset.sinks, self._out, self.stats, self.state, factory=sink_factory,
+                                control=self)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stopped = threading.Event()

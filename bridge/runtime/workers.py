@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from bridge.config import TransportConfig
 from bridge.errors import FrameTimeout, SdbridgeError
@@ -183,8 +183,10 @@ class SinkWorker:
 
     def __init__(self, configs: tuple[TransportConfig, ...], queue: BoundedQueue[list[Frame]],
                  stats: Stats, state: LiveState, *,
-                 factory: SinkFactory = default_sink_factory) -> None:
+                 factory: SinkFactory = default_sink_factory,
+                 control: Any = None) -> None:
         self._queue, self._stats, self._state, self._factory = queue, stats, state, factory
+        self._control = control  # handed to sinks that take commands (the HTTP preview form)
         self._slots = [_SinkSlot(i, c) for i, c in enumerate(configs)]
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -193,8 +195,15 @@ class SinkWorker:
     def open_all(self) -> None:
         """Open every sink now so a misconfigured sink fails ``serve`` at start, not later."""
         for slot in self._slots:
-            slot.sink = self._factory(slot.config)
-            slot.sink.open()
+            slot.sink = self._open_sink(slot.config)
+
+    def _open_sink(self, config: TransportConfig) -> FrameSink:
+        sink = self._factory(config)
+        sink.open()
+        attach = getattr(sink, "attach_control", None)
+        if attach is not None and self._control is not None:
+            attach(self._control)
+        return sink
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sdbridge-sink", daemon=True)
@@ -250,8 +259,7 @@ class SinkWorker:
 
     def _reopen(self, slot: _SinkSlot) -> None:
         try:
-            sink = self._factory(slot.config)
-            sink.open()
+            sink = self._open_sink(slot.config)
         except Exception as exc:
             self._fail(slot, exc, "cannot open sink")
             return
