@@ -15,17 +15,12 @@ from bridge.pipeline.tiny import build_tiny_components
 CPU, F32 = torch.device("cpu"), torch.float32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_components(seed=0)
+def tiny(tiny_sd):
+    return tiny_sd
 
 
 @pytest.fixture(scope="module")

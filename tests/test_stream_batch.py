@@ -21,18 +21,12 @@ from bridge.pipeline.tiny import build_tiny_components
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core box they spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return build_tiny_components(seed=0)
+def tiny(tiny_sd):
+    return tiny_sd
 
 
 def params(**changes: Any) -> dict[str, Any]:
