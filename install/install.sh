@@ -50,16 +50,33 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
+# The CPU wheel: a local one if pip's find-links already has it (offline mirrors, CI caches),
+# else PyTorch's CPU index. Installed without dependencies first so that no other index is
+# asked for torch's dependencies, which then come from the normal index.
+install_cpu_torch() {
+  local tmp wheel
+  tmp="$(mktemp -d)"
+  if "${pip[@]}" download -q --no-index --no-deps -d "$tmp" "torch==$TORCH_VERSION" 2>/dev/null; then
+    wheel="$(ls "$tmp"/torch-*.whl 2>/dev/null | head -n 1)"
+  fi
+  if [[ -n "${wheel:-}" && "$wheel" == *+cpu* ]]; then
+    say "using the local CPU wheel $(basename "$wheel")"
+    "${pip[@]}" install -q --no-deps "$wheel" || return 1
+  else
+    "${pip[@]}" install -q --no-deps "torch==$TORCH_VERSION" --timeout 30 \
+      --index-url https://download.pytorch.org/whl/cpu || return 1
+  fi
+  rm -rf "$tmp"
+  "${pip[@]}" install -q "torch==$TORCH_VERSION"  # its dependencies; torch itself is in place
+}
+
 have_torch="$("$venv/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)"
 if [ "$flavour" = "cpu" ]; then
   if [[ "$have_torch" == "$TORCH_VERSION"* && "$have_torch" != *cu* ]]; then
     say "torch $have_torch (CPU) already installed"
   else
     say "installing torch==$TORCH_VERSION (CPU build)"
-    # The CPU wheel lives on PyTorch's index; its dependencies come from PyPI.
-    "${pip[@]}" install -q "torch==$TORCH_VERSION" --timeout 30 \
-      --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple \
-      || die "could not install torch==$TORCH_VERSION (CPU build); check the network or pip's index settings"
+    install_cpu_torch || die "could not install torch==$TORCH_VERSION (CPU build); check the network or pip's index settings"
   fi
 else
   if [[ "$have_torch" == *cu* ]]; then
