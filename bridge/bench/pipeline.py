@@ -31,10 +31,8 @@ WARMUP_CALLS = 1  # the first call primes the latent buffer (n−1 extra UNet ca
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    # One CPU thread by default: on a shared machine multi-threaded torch stalls whenever a core
-    # is taken (measured 2x slower and far noisier here); the comparisons are what matter.
-    # --threads 0 = torch's default (all cores). No effect on GPU work.
-    parser.set_defaults(threads=1)
+    # torch's default threads (0), like a user's run: on an idle 2-core machine 2 threads were
+    # 2x faster than 1. On a busy machine --threads 1 gives steadier ratios (warned below).
     parser.add_argument("--steps", type=int, default=4, help="denoising steps n (default %(default)s)")
     parser.add_argument("--frames", type=int, default=4,
                         help="timed frames per measurement (default %(default)s)")
