@@ -22,7 +22,7 @@ import difflib
 import importlib
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -445,14 +445,14 @@ def preflight(preset: Preset) -> None:
     if preset.control.enabled:  # non-loopback without auth, bad keys: refuse before loading
         from bridge.control.security import build_security
 
-        control = preset.control
+        options = control_options(preset)
         try:
-            build_security({"command_endpoint": control.command_endpoint,
-                            "event_endpoint": control.event_endpoint},
-                           allow_remote=control.allow_remote,
-                           curve_secret_key_file=control.curve_secret_key_file,
-                           curve_authorized_keys_dir=control.curve_authorized_keys_dir,
-                           token=control.token)
+            build_security({"command_endpoint": options["command_endpoint"],
+                            "event_endpoint": options["event_endpoint"]},
+                           allow_remote=options["allow_remote"],
+                           curve_secret_key_file=options["curve_secret_key_file"],
+                           curve_authorized_keys_dir=options["curve_authorized_keys_dir"],
+                           token=options["token"])
         except ConfigError as exc:
             problems.extend(Problem(f"control.{p.field}", p.value, p.message, p.fix)
                             for p in exc.problems)
@@ -465,6 +465,15 @@ def preflight(preset: Preset) -> None:
             problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems, context="preflight")
+
+
+def control_options(preset: Preset) -> dict[str, Any]:
+    """ControlServer keyword arguments from the preset, key paths resolved like every path."""
+    options = {k: v for k, v in asdict(preset.control).items() if k != "enabled"}
+    for key in ("curve_secret_key_file", "curve_authorized_keys_dir"):
+        if options.get(key):
+            options[key] = str(resolve_relative(preset, options[key]))
+    return options
 
 
 def resolve_relative(preset: Preset, value: str) -> Path:

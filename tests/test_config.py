@@ -11,6 +11,7 @@ from bridge.config import (
     DEFAULT_PRESET,
     ConfigError,
     apply_overrides,
+    control_options,
     load_preset,
     preflight,
     resolve_relative,
@@ -155,3 +156,26 @@ def test_preflight_refuses_remote_control_without_authentication():
         preflight(preset)
     assert info.value.fields == ["control.command_endpoint"]
     assert "authentication" in str(info.value)
+
+
+def test_curve_key_paths_resolve_against_the_preset_folder(tmp_path, monkeypatch):
+    import zmq.auth
+
+    keys = tmp_path / "keys"
+    clients = keys / "clients"
+    clients.mkdir(parents=True)
+    _, secret = zmq.auth.create_certificates(str(keys), "server")
+    zmq.auth.create_certificates(str(clients), "client")
+    path = _write(tmp_path, {"version": 1, "source": {"kind": "test_pattern"},
+                             "sink": {"kind": "null"}, "control": {
+        "command_endpoint": "tcp://0.0.0.0:5555", "event_endpoint": "tcp://0.0.0.0:5556",
+        "allow_remote": True, "curve_secret_key_file": "keys/server.key_secret",
+        "curve_authorized_keys_dir": "keys/clients"}})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative to the preset, not to where serve was started
+    preset = load_preset(path)
+    options = control_options(preset)
+    assert options["curve_secret_key_file"] == str(Path(secret))
+    assert options["curve_authorized_keys_dir"] == str(clients)
+    preflight(preset)  # the keys are found: no ConfigError

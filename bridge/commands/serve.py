@@ -152,14 +152,12 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
 
 def _start_control(preset: Any, daemon: Any) -> list[Any]:
     """ZeroMQ server, then OSC and MIDI when enabled; returns what must be stopped."""
-    from dataclasses import asdict
-
     started: list[Any] = []
     if preset.control.enabled:
+        from bridge.config import control_options
         from bridge.control.server import ControlServer
 
-        options = {k: v for k, v in asdict(preset.control).items() if k != "enabled"}
-        server = ControlServer(daemon, **options).start()
+        server = ControlServer(daemon, **control_options(preset)).start()
         started.append(server)
         log.info("control: commands on %s, events on %s", server.command_endpoint,
                  server.event_endpoint)
