@@ -186,6 +186,9 @@ def _load_folder(folder: Path, dtype: Any, progress: bool,
                "text_encoder_2": transformers.CLIPTextModelWithProjection,
                "tokenizer": transformers.CLIPTokenizer, "tokenizer_2": transformers.CLIPTokenizer,
                "scheduler": diffusers.LCMScheduler, "vae": _vae_class(folder / "vae")}
+    # One bar of ours per part; the libraries' own per-file bars would nest inside it.
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
     parts: dict[str, Any] = {}
     for name in tqdm(names, desc="loading model", unit="part", disable=not progress):
         sub = folder / name
