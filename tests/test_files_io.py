@@ -160,3 +160,21 @@ def test_unreadable_image_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a png")
     with pytest.raises(FrameFormatError, match="cannot read image"):
         ImageSource(str(bad)).open()
+
+
+def test_video_kind_is_unavailable_without_pyav_and_says_why(monkeypatch) -> None:
+    import builtins
+
+    from bridge.io import is_available
+
+    real_import = builtins.__import__
+
+    def no_av(name: str, *args: object, **kwargs: object) -> object:
+        if name == "av":
+            raise ImportError("No module named 'av'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    status = is_available("video")
+    assert not status.available and "sdbridge[video]" in status.reason
+    assert is_available("image").available  # images only need Pillow

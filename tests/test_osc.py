@@ -109,7 +109,8 @@ def test_t_index_list_and_strength_steer_the_steps_live(rig: Any) -> None:
     assert echo.wait_for("/sdbridge/t_index_list") == (14, 49)
     assert echo.wait_for("/sdbridge/version") == (version + 1,)
     assert params()["t_index_list"] == [14, 49] and adapter.errors == 0
-    assert "/sdbridge/strength" not in [address for address, _ in list(echo.messages.queue)]
+    client.send_message("/sdbridge/t_index_list", [7, 21])  # changed elsewhere: fader follows
+    assert echo.wait_for("/sdbridge/strength")[0] == pytest.approx(1 - 7 / 35, abs=1e-6)
 
 
 def test_bad_t_index_list_and_strength_are_refused(rig: Any) -> None:

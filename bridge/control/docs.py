@@ -185,7 +185,8 @@ def _osc() -> list[str]:
         f"State echo (when an echo target host:port is configured), on every change: each mapped "
         f"parameter at its address (`t_index_list` as its integers; weighted prompt/seed lists only "
         f"in the JSON), `{PREFIX}/version i`, `{PREFIX}/paused i` and the whole state as JSON in "
-        f"`{PREFIX}/state s`. `{PREFIX}/strength` is not a parameter and is not echoed.",
+        f"`{PREFIX}/state s`. `{PREFIX}/strength f` is echoed too, "
+        f"computed from the current `t_index_list`, so a strength fader follows changes made elsewhere.",
         "",
     ]
 

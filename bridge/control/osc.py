@@ -9,7 +9,7 @@ all-or-nothing); a bad message is logged and echoed as ``/sdbridge/error <code> 
 never raised into the server loop. With an echo target configured, every state change is sent
 back: each mapped parameter at its address (lists as their integers; weighted prompt/seed lists
 only in the JSON), ``/sdbridge/version``, ``/sdbridge/paused`` and the whole state as JSON on
-``/sdbridge/state``. Strength is not a parameter and is not echoed (``t_index_list`` is).
+``/sdbridge/state``. Strength is echoed too, computed from ``t_index_list``, so faders follow.
 OSC has no authentication: it listens on loopback unless ``allow_remote`` is set explicitly.
 """
 
@@ -28,7 +28,7 @@ from pythonosc.udp_client import SimpleUDPClient
 from bridge.control.security import endpoint_is_local
 from bridge.control.target import ControlTarget
 from bridge.errors import ConfigError, ControlError, Problem, SdbridgeError
-from bridge.params import PARAMS, PARAMS_BY_NAME, shift_t_index_list
+from bridge.params import PARAMS, PARAMS_BY_NAME, shift_t_index_list, t_index_strength
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,8 @@ class OscAdapter:
                 self._send(entry.address, [int(v) for v in value])  # N int arguments
             elif isinstance(value, (str, int, float)):  # weighted lists only go in the JSON
                 self._send(entry.address, int(value) if isinstance(value, bool) else value)
+        if isinstance(params.get("t_index_list"), list):  # faders follow changes made elsewhere
+            self._send(STRENGTH_ADDRESS, round(t_index_strength(params["t_index_list"]), 4))
         self._send(f"{PREFIX}/version", int(state.get("version", 0)))
         self._send(f"{PREFIX}/paused", int(bool(state.get("paused"))))
         self._send(f"{PREFIX}/state", json.dumps(state, ensure_ascii=False))

@@ -24,7 +24,8 @@ register_transport("image", "bridge.io.files", source_class="ImageSource",
 register_transport("folder", "bridge.io.files", source_class="ImageFolderSource",
                    description="every image in a folder, in name order, looped")
 register_transport("video", "bridge.io.files", source_class="VideoFileSource",
-                   sink_class="VideoFileSink", description="video file (PyAV)")
+                   sink_class="VideoFileSink", description="video file (PyAV)",
+                   availability="video_availability")
 register_transport("png", "bridge.io.files", sink_class="PngSequenceSink",
                    description="numbered PNG files in a folder")
 register_transport("null", "bridge.io.null", sink_class="NullSink",

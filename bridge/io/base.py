@@ -86,6 +86,7 @@ class TransportEntry:
     source_class: str | None
     sink_class: str | None
     description: str
+    availability: str = "availability"  # module function that says whether and why not
 
 
 _REGISTRY: dict[str, TransportEntry] = {}
@@ -98,8 +99,10 @@ def register_transport(
     source_class: str | None = None,
     sink_class: str | None = None,
     description: str = "",
+    availability: str = "availability",
 ) -> None:
-    _REGISTRY[kind] = TransportEntry(kind, module, source_class, sink_class, description)
+    _REGISTRY[kind] = TransportEntry(kind, module, source_class, sink_class, description,
+                                     availability)
 
 
 def transport_kinds() -> list[str]:
@@ -122,7 +125,7 @@ def is_available(kind: str) -> Availability:
         module = importlib.import_module(entry.module)
     except ImportError as exc:
         return Availability(False, f"cannot import {entry.module}: {exc}")
-    check: Callable[[], Availability] | None = getattr(module, "availability", None)
+    check: Callable[[], Availability] | None = getattr(module, entry.availability, None)
     return check() if check else Availability.yes()
 
 

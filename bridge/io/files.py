@@ -33,11 +33,23 @@ VIDEO_HINT = "pip install 'sdbridge[video]' (PyAV)"
 
 
 def availability() -> Availability:
-    """Images need Pillow (a core dependency); video needs PyAV, checked when used."""
+    """Images need Pillow (a core dependency)."""
     try:
         import PIL  # noqa: F401
     except ImportError as exc:
         return Availability(False, f"cannot import Pillow: {exc}; pip install pillow")
+    return Availability.yes()
+
+
+def video_availability() -> Availability:
+    """Video files need PyAV (the `video` extra) on top of Pillow."""
+    images = availability()
+    if not images.available:
+        return images
+    try:
+        _import_av()
+    except RuntimeMissingError as exc:
+        return Availability(False, str(exc))
     return Availability.yes()
 
 
