@@ -1,5 +1,5 @@
 """The daemon: source thread -> latest slot -> inference thread (pre -> pipeline -> post) ->
-output queue -> sink thread, plus the control plane (DESIGN.md §1).
+one bounded queue and one thread per sink, plus the control plane (DESIGN.md §1).
 
 The inference thread owns the pipeline: it applies coalesced live changes between frames
 (``LiveState.take_pending``, last writer wins), so a prompt change shows in the next processed
@@ -25,13 +25,13 @@ from bridge.errors import RebuildRequired, SdbridgeError
 from bridge.frame import Frame, PixelFormat, now_ns
 from bridge.params import needs_rebuild
 from bridge.runtime.pipelines import FramePipeline, PipelineFactory, stream_batch_factory
-from bridge.runtime.slots import BoundedQueue, LatestSlot
+from bridge.runtime.sink_threads import SinkWorker
+from bridge.runtime.slots import LatestSlot
 from bridge.runtime.stages import PostProcessor, PreProcessor
 from bridge.runtime.state import LiveState, StateListener
 from bridge.runtime.stats import Stats, gpu_memory
 from bridge.runtime.workers import (
-    SinkFactory, SinkWorker, SourceFactory, SourceWorker, default_sink_factory,
-    default_source_factory,
+    SinkFactory, SourceFactory, SourceWorker, default_sink_factory, default_source_factory,
 )
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,11 @@ class Daemon:
         self.stats = Stats(window_s=stats_window_s)
         self._factory = pipeline_factory
         self._slot: LatestSlot[Frame] = LatestSlot()
-        self._out: BoundedQueue[list[Frame]] = BoundedQueue(output_depth)
         self.source = SourceWorker(preset.source, self._slot, self.stats, self.state,
                                    factory=source_factory)
-        self.sinks = SinkWorker(preset.sinks, self._out, self.stats, self.state, factory=sink_factory,
-                                control=self)
+        # One queue of ``output_depth`` per sink: a slow sink drops its own frames only.
+        self.sinks = SinkWorker(preset.sinks, self.stats, self.state, depth=output_depth,
+                                factory=sink_factory, control=self)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -313,8 +313,7 @@ class Daemon:
 
     def _emit(self, frames: list[Frame]) -> None:
         self._last_emit = time.monotonic()
-        if self._out.put(frames):
-            self.stats.count("dropped_output", len(frames))
+        self.sinks.put(frames)
 
     # ----------------------------------------------------------- changes, builds
     def _apply_changes(self) -> None:

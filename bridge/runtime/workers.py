@@ -1,20 +1,19 @@
-"""The daemon's I/O threads: one reads the source into the latest-frame slot, one drains the
-output queue into every sink. Both survive their transport going away: they close it, report
-the error in the live state, and reopen it with exponential backoff, so unplugging a cable or
-restarting the host app never needs a daemon restart."""
+"""The daemon's source thread (it reads the source into the latest-frame slot) and the pieces
+the sink threads share with it (``bridge/runtime/sink_threads.py``). Every I/O thread survives
+its transport going away: it closes it, reports the error in the live state, and reopens it with
+exponential backoff, so unplugging a cable or restarting the host app never needs a restart."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Any, Callable
+from typing import Callable
 
 from bridge.config import TransportConfig
 from bridge.errors import FrameTimeout, SdbridgeError
 from bridge.frame import Frame, now_ns
 from bridge.io.base import FrameSink, FrameSource, create_sink, create_source
-from bridge.runtime.slots import BoundedQueue, LatestSlot
+from bridge.runtime.slots import LatestSlot
 from bridge.runtime.state import LiveState
 from bridge.runtime.stats import Stats
 
@@ -48,7 +47,7 @@ class Backoff:
         self.delay = self.first
 
 
-def _clear_error(state: LiveState, where: str) -> None:
+def clear_error(state: LiveState, where: str) -> None:
     """Clear the state's last error only if this component reported it."""
     error = state.snapshot()["last_error"]
     if error is not None and str(error.get("where", "")).startswith(where):
@@ -136,7 +135,7 @@ class SourceWorker:
             return
         if self._failed:
             self._failed, self._last_report = False, ""
-            _clear_error(self._state, "source")
+            clear_error(self._state, "source")
         self.connected = True
         self._backoff.reset()
         self.last_frame_ns = now_ns()
@@ -166,126 +165,3 @@ class SourceWorker:
                 source.close()
             except Exception:  # closing a dead transport must not kill the thread
                 log.exception("closing source %s failed", self.config.kind)
-
-
-class _SinkSlot:
-    def __init__(self, index: int, config: TransportConfig) -> None:
-        self.index, self.config = index, config
-        self.sink: FrameSink | None = None
-        self.retry_at = 0.0
-        self.backoff = Backoff(0.2, 5.0)
-        self.last_report = ""
-
-
-class SinkWorker:
-    """Sink thread: output queue -> every sink. A failing sink is reopened with backoff
-    without holding up the others."""
-
-    def __init__(self, configs: tuple[TransportConfig, ...], queue: BoundedQueue[list[Frame]],
-                 stats: Stats, state: LiveState, *,
-                 factory: SinkFactory = default_sink_factory,
-                 control: Any = None) -> None:
-        self._queue, self._stats, self._state, self._factory = queue, stats, state, factory
-        self._control = control  # handed to sinks that take commands (the HTTP preview form)
-        self._slots = [_SinkSlot(i, c) for i, c in enumerate(configs)]
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.sent = 0
-
-    def open_all(self) -> None:
-        """Open every sink now so a misconfigured sink fails ``serve`` at start, not later."""
-        for slot in self._slots:
-            slot.sink = self._open_sink(slot.config)
-
-    def _open_sink(self, config: TransportConfig) -> FrameSink:
-        sink = self._factory(config)
-        sink.open()
-        attach = getattr(sink, "attach_control", None)
-        if attach is not None and self._control is not None:
-            attach(self._control)
-        return sink
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sdbridge-sink", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Drain what is queued, then close every sink (shared memory is unlinked here)."""
-        self._queue.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.error("sink thread did not stop within %.1f s", timeout)
-        with self._lock:
-            for slot in self._slots:
-                self._close(slot)
-
-    def reconfigure(self, configs: tuple[TransportConfig, ...]) -> None:
-        with self._lock:
-            for slot in self._slots:
-                self._close(slot)
-            self._slots = [_SinkSlot(i, c) for i, c in enumerate(configs)]
-
-    @property
-    def sinks(self) -> list[FrameSink | None]:
-        return [slot.sink for slot in self._slots]
-
-    def _run(self) -> None:
-        while True:
-            batch = self._queue.get(0.1)
-            if batch is None:
-                if self._queue.closed:
-                    return
-                continue
-            for frame in batch:
-                self._send(frame)
-
-    def _send(self, frame: Frame) -> None:
-        start = now_ns()
-        with self._lock:
-            for slot in self._slots:
-                if slot.sink is None and time.monotonic() >= slot.retry_at:
-                    self._reopen(slot)
-                if slot.sink is None:
-                    continue
-                try:
-                    slot.sink.send(frame)
-                except Exception as exc:  # a dead sink must not stop the others
-                    self._fail(slot, exc, "sink failed")
-        sent = now_ns()
-        self._stats.stage("send", sent - start)
-        self._stats.frame_out(frame.timestamp_ns, sent)
-        self.sent += 1
-
-    def _reopen(self, slot: _SinkSlot) -> None:
-        try:
-            sink = self._open_sink(slot.config)
-        except Exception as exc:
-            self._fail(slot, exc, "cannot open sink")
-            return
-        slot.sink = sink
-        slot.backoff.reset()
-        slot.last_report = ""
-        _clear_error(self._state, f"sink.{slot.index}")
-        log.info("sink %d (%s) opened", slot.index, slot.config.kind)
-
-    def _fail(self, slot: _SinkSlot, exc: BaseException, what: str) -> None:
-        self._stats.count("sink_errors")
-        message = f"{what}: {exc}"
-        if message != slot.last_report:  # the same failure on every retry is reported once
-            slot.last_report = message
-            if isinstance(exc, SdbridgeError):
-                log.warning("%s %d (%s): %s", what, slot.index, slot.config.kind, exc)
-            else:
-                log.exception("%s %d (%s)", what, slot.index, slot.config.kind)
-            self._state.set_error(exc, where=f"sink.{slot.index}")
-        self._close(slot)
-        slot.retry_at = time.monotonic() + slot.backoff.next()
-
-    def _close(self, slot: _SinkSlot) -> None:
-        sink, slot.sink = slot.sink, None
-        if sink is not None:
-            try:
-                sink.close()
-            except Exception:
-                log.exception("closing sink %d (%s) failed", slot.index, slot.config.kind)

@@ -1,0 +1,162 @@
+"""One thread and one bounded queue per sink: a stalled sink drops its own frames (counted per
+sink) while the others receive every frame; stop drains and closes, and never closes a sink
+under a send that is still stuck."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from bridge.config import DEFAULT_PRESET, validate_preset
+from bridge.errors import FrameTimeout
+from bridge.frame import Frame, PixelFormat
+from bridge.io.base import FrameSink, FrameSource
+from bridge.runtime.daemon import Daemon
+from bridge.runtime.pipelines import identity_factory
+
+FRAMES = 30
+
+
+def _wait(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class PushSource(FrameSource):
+    kind = "push"
+
+    def __init__(self) -> None:
+        self.frames: queue.Queue[Frame] = queue.Queue()
+
+    def receive(self, timeout: float) -> Frame:
+        try:
+            return self.frames.get(timeout=timeout)
+        except queue.Empty:
+            raise FrameTimeout("no frame pushed", fix="push one") from None
+
+    def push(self, seq: int) -> None:
+        self.frames.put(Frame(np.full((64, 64, 3), seq % 256, np.uint8), PixelFormat.RGB, seq=seq))
+
+
+class CountingSink(FrameSink):
+    kind = "counting"
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.closed = False
+
+    def send(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def seqs(self) -> list[int]:
+        return [f.seq for f in self.frames if f.source != "fallback"]
+
+
+class StalledSink(CountingSink):
+    """Like a receiver that stopped reading: ``send`` blocks until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def send(self, frame: Frame) -> None:
+        self.entered.set()
+        self.gate.wait(30)
+        super().send(frame)
+
+
+class SleepySink(CountingSink):
+    """A slow encoder: every send takes 0.2 s."""
+
+    def send(self, frame: Frame) -> None:
+        time.sleep(0.2)
+        super().send(frame)
+
+
+def _daemon(fast: CountingSink, slow: CountingSink, depth: int = 2) -> tuple[Daemon, PushSource]:
+    source = PushSource()
+    preset = validate_preset(dict(DEFAULT_PRESET, control={"enabled": False}, output_format="RGB",
+                                  width=64, height=64, fallback_output="passthrough",
+                                  sink=[{"kind": "null", "name": "fast"},
+                                        {"kind": "null", "name": "slow"}]))
+    sinks = {"fast": fast, "slow": slow}
+    daemon = Daemon(preset, pipeline_factory=identity_factory, output_depth=depth,
+                    source_factory=lambda c: source,
+                    sink_factory=lambda c: sinks[c.options["name"]])
+    assert daemon.start()
+    assert daemon.sinks.sinks == [fast, slow]
+    return daemon, source
+
+
+def _feed(source: PushSource, fast: CountingSink) -> None:
+    """One frame at a time, each waited for on the fast sink (the input slot keeps only the
+    newest frame, so pushing faster would drop at the input, not at the sinks)."""
+    for seq in range(1, FRAMES + 1):
+        source.push(seq)
+        _wait(lambda: seq in fast.seqs(), what=f"frame {seq} on the fast sink")
+
+
+def test_stalled_sink_drops_its_own_frames_while_the_other_gets_every_frame():
+    fast, slow = CountingSink(), StalledSink()
+    daemon, source = _daemon(fast, slow)
+    try:
+        _feed(source, fast)
+        assert slow.entered.is_set() and slow.frames == []  # stuck in its first send
+        counters = daemon.get_stats()["counters"]
+        assert counters.get("dropped_sink.0", 0) == 0
+        # frame 1 is in the stuck send and the queue holds the 2 newest: the rest were dropped
+        assert counters["dropped_sink.1"] >= FRAMES - 3
+    finally:
+        slow.gate.set()
+        daemon.stop()
+    assert fast.seqs() == list(range(1, FRAMES + 1))
+    counters = daemon.get_stats()["counters"]
+    emitted = len(fast.frames)  # every output (fallback frames too), none dropped by the fast sink
+    assert len(slow.frames) + counters["dropped_sink.1"] == emitted  # sent or counted, never lost
+    assert slow.seqs()[0] == 1 and slow.frames[-1] is fast.frames[-1]  # stop drained the newest
+    assert counters["frames_out"] == emitted  # each frame counted once, not once per sink
+    assert fast.closed and slow.closed
+
+
+def test_slow_sink_next_to_a_fast_one_with_depth_one():
+    fast, slow = CountingSink(), SleepySink()
+    daemon, source = _daemon(fast, slow, depth=1)
+    try:
+        _feed(source, fast)
+        dropped = daemon.get_stats()["counters"].get("dropped_sink.1", 0)
+    finally:
+        daemon.stop()
+    assert fast.seqs() == list(range(1, FRAMES + 1))
+    counters = daemon.get_stats()["counters"]
+    assert counters.get("dropped_sink.0", 0) == 0
+    assert len(slow.frames) + counters["dropped_sink.1"] == len(fast.frames)
+    # 30 frames fed one by one take at least 30 x 5 ms of polling; 0.2 s sends cannot keep up
+    # with all of them through a queue of one unless the machine paused for seconds
+    assert dropped > 0 and len(slow.frames) < len(fast.frames)
+
+
+def test_stop_closes_every_other_sink_when_one_is_stuck_in_send():
+    fast, slow = CountingSink(), StalledSink()
+    daemon, source = _daemon(fast, slow)
+    try:
+        source.push(1)
+        _wait(lambda: fast.seqs() == [1] and slow.entered.is_set(), what="frame 1 out")
+        daemon.stop(timeout=1.0)
+        assert fast.closed  # e.g. shared memory unlinked even though the other sink hangs
+        assert not slow.closed  # never closed under its own send (could crash the process)
+        assert daemon.get_state()["status"] == "stopped"
+    finally:
+        slow.gate.set()
