@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 
 from bridge.config import DEFAULT_PRESET, validate_preset
 from bridge.errors import FrameTimeout
@@ -160,3 +161,45 @@ def test_stop_closes_every_other_sink_when_one_is_stuck_in_send():
         assert daemon.get_state()["status"] == "stopped"
     finally:
         slow.gate.set()
+
+
+def test_a_sink_that_cannot_open_fails_start_with_its_error():
+    from bridge.errors import TransportError
+
+    class Unopenable(CountingSink):
+        def open(self) -> None:
+            raise TransportError("port 8080 is in use", fix="pick another port")
+
+    preset = validate_preset(dict(DEFAULT_PRESET, control={"enabled": False},
+                                  sink=[{"kind": "null"}]))
+    daemon = Daemon(preset, pipeline_factory=identity_factory,
+                    source_factory=lambda c: PushSource(), sink_factory=lambda c: Unopenable())
+    try:
+        with pytest.raises(TransportError, match="port 8080 is in use"):
+            daemon.start()
+    finally:
+        daemon.stop()
+
+
+def test_each_sink_sends_from_its_own_thread():
+    seen: dict[str, set[int]] = {"fast": set(), "slow": set()}
+
+    class ThreadRecording(CountingSink):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def send(self, frame: Frame) -> None:
+            seen[self.name].add(threading.get_ident())
+            super().send(frame)
+
+    fast, slow = ThreadRecording("fast"), ThreadRecording("slow")
+    daemon, source = _daemon(fast, slow)
+    try:
+        source.push(1)
+        _wait(lambda: fast.seqs() == [1] and slow.seqs() == [1], what="frame 1 on both sinks")
+    finally:
+        daemon.stop()
+    assert len(seen["fast"]) == len(seen["slow"]) == 1 and seen["fast"] != seen["slow"]
+    alive = {t.ident for t in threading.enumerate()}
+    assert not (seen["fast"] | seen["slow"]) & alive  # stop ended both threads
