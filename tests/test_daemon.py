@@ -3,13 +3,12 @@ pipelines, live changes between frames, rebuilds, pause, preset loads, clean sto
 
 from __future__ import annotations
 
-import queue
 import secrets
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,11 +18,12 @@ import yaml
 from bridge.config import DEFAULT_PRESET, validate_preset
 from bridge.errors import ConfigError, FrameTimeout
 from bridge.frame import Frame, PixelFormat
-from bridge.io.base import FrameSink, FrameSource
+from bridge.io.base import FrameSink
 from bridge.io.shared_memory import SharedMemorySink, SharedMemorySource
 from bridge.io.test_pattern import render_rgb, to_pixel_format
 from bridge.runtime.daemon import Daemon
 from bridge.runtime.pipelines import IdentityPipeline, identity_factory
+from runtime_helpers import QueueSource, wait_until
 
 
 def _name(tag: str) -> str:
@@ -33,35 +33,6 @@ def _name(tag: str) -> str:
 def _preset(**changes: Any):
     raw = dict(DEFAULT_PRESET, control={"enabled": False}, **changes)
     return validate_preset(raw)
-
-
-def _wait(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class QueueSource(FrameSource):
-    """Frames pushed by the test, one receive each."""
-
-    kind = "queue"
-
-    def __init__(self) -> None:
-        self.frames: queue.Queue[Frame] = queue.Queue()
-
-    def receive(self, timeout: float) -> Frame:
-        try:
-            return self.frames.get(timeout=timeout)
-        except queue.Empty:
-            raise FrameTimeout("no frame pushed", fix="push one") from None
-
-    def push(self, seq: int, value: int = 100, size: int = 64) -> None:
-        pixels = np.full((size, size, 3), value, np.uint8)
-        self.frames.put(Frame(pixels, PixelFormat.RGB, seq=seq))
 
 
 class CaptureSink(FrameSink):
@@ -149,12 +120,12 @@ def test_live_change_shows_in_the_next_processed_frame():
     daemon, source, sink = _manual_daemon()
     try:
         source.push(1)
-        first = _wait(lambda: sink.by_seq(1), what="frame 1")
+        first = wait_until(lambda: sink.by_seq(1), what="frame 1")
         assert _value(first) == round(1.2 / 20 * 255)
         result = daemon.set({"guidance_scale": 10.0})
         assert result["pending_rebuild"] == []
         source.push(2)
-        second = _wait(lambda: sink.by_seq(2), what="frame 2")
+        second = wait_until(lambda: sink.by_seq(2), what="frame 2")
         assert _value(second) == round(10.0 / 20 * 255)
         assert daemon.get_state()["version"] == result["version"]
     finally:
@@ -168,7 +139,7 @@ def test_bursts_of_changes_coalesce_last_writer_wins():
         for value in (2.0, 4.0, 6.0, 8.0):
             daemon.set({"guidance_scale": value})
         source.push(1)
-        frame = _wait(lambda: sink.by_seq(1), what="frame 1")
+        frame = wait_until(lambda: sink.by_seq(1), what="frame 1")
         assert _value(frame) == round(8.0 / 20 * 255)
     finally:
         daemon.stop()
@@ -190,14 +161,14 @@ def test_rebuild_change_sends_fallback_then_new_size():
     try:
         result = daemon.set({"width": 96, "height": 80})
         assert set(result["pending_rebuild"]) == {"width", "height"}
-        _wait(lambda: daemon.get_state()["status"] == "rebuilding", what="rebuilding status")
+        wait_until(lambda: daemon.get_state()["status"] == "rebuilding", what="rebuilding status")
         source.push(1, value=77)
-        during = _wait(lambda: sink.by_seq(1), what="fallback frame")
+        during = wait_until(lambda: sink.by_seq(1), what="fallback frame")
         assert _value(during) == 77  # passthrough while rebuilding
         gate.set()
-        _wait(lambda: daemon.get_state()["status"] == "running", what="running again")
+        wait_until(lambda: daemon.get_state()["status"] == "running", what="running again")
         source.push(2)
-        after = _wait(lambda: sink.by_seq(2), what="frame after rebuild")
+        after = wait_until(lambda: sink.by_seq(2), what="frame after rebuild")
         assert after.width == 96 and after.height == 80
         assert builds[-1]["width"] == 96
         assert daemon.get_state()["pending_rebuild"] == []
@@ -211,15 +182,15 @@ def test_pause_freezes_output_and_resume_continues():
     daemon, source, sink = _manual_daemon()
     try:
         source.push(1)
-        _wait(lambda: sink.by_seq(1), what="frame 1")
+        wait_until(lambda: sink.by_seq(1), what="frame 1")
         daemon.pause()
         daemon.set({"guidance_scale": 20.0})
         source.push(2, value=5)
-        frozen = _wait(lambda: sink.by_seq(2), what="paused frame")
+        frozen = wait_until(lambda: sink.by_seq(2), what="paused frame")
         assert _value(frozen) == round(1.2 / 20 * 255)  # the last output, not the input or new params
         daemon.resume()
         source.push(3)
-        resumed = _wait(lambda: sink.by_seq(3), what="frame after resume")
+        resumed = wait_until(lambda: sink.by_seq(3), what="frame after resume")
         assert _value(resumed) == 255
     finally:
         daemon.stop()
@@ -242,7 +213,7 @@ def test_load_preset_switches_parameters_and_rejects_bad_files(tmp_path):
         result = daemon.load_preset(str(good))
         assert result["rebuild"] is False
         source.push(1)
-        frame = _wait(lambda: sink.by_seq(1), what="frame after preset load")
+        frame = wait_until(lambda: sink.by_seq(1), what="frame after preset load")
         assert _value(frame) == round(5.0 / 20 * 255)
     finally:
         daemon.stop()
@@ -270,14 +241,14 @@ def test_source_failure_reconnects_and_sink_gets_fallback():
     assert daemon.start()
     try:
         source.push(1)
-        _wait(lambda: sink.by_seq(1), what="frame 1")
+        wait_until(lambda: sink.by_seq(1), what="frame 1")
         source.push(2)  # breaks the source: closed, reopened after a failed attempt
-        fallback = _wait(lambda: next((f for f in sink.frames if f.source == "fallback"), None),
+        fallback = wait_until(lambda: next((f for f in sink.frames if f.source == "fallback"), None),
                          what="fallback frame while the source is gone")
         assert _value(fallback) == 0 and fallback.seq == 1  # black, numbered as the last input
         assert daemon.get_state()["last_error"]["where"] == "source"
         source.push(3)
-        _wait(lambda: sink.by_seq(3), what="frames again after reconnect")
+        wait_until(lambda: sink.by_seq(3), what="frames again after reconnect")
         assert FlakySource.opened >= 3
         assert daemon.get_state()["last_error"] is None
     finally:
@@ -327,10 +298,10 @@ def test_frame_buffer_batches_of_two_keep_order_and_seq():
     try:
         for seq in (1, 2, 3, 4):  # one at a time: the input slot keeps only the newest frame
             source.push(seq)
-            _wait(lambda: daemon.stats.snapshot()["counters"].get("frames_in", 0) == seq)
+            wait_until(lambda: daemon.stats.snapshot()["counters"].get("frames_in", 0) == seq)
             time.sleep(0.05)  # frames_in counts just before the slot put
-            _wait(lambda: len(daemon._slot) == 0, what="frame taken by the inference thread")
-        _wait(lambda: sink.by_seq(4), what="second batch")
+            wait_until(lambda: len(daemon._slot) == 0, what="frame taken by the inference thread")
+        wait_until(lambda: sink.by_seq(4), what="second batch")
         processed = [f.seq for f in sink.frames if f.source != "fallback"]
         assert processed == [1, 2, 3, 4]
     finally:
@@ -347,7 +318,7 @@ def test_txt2img_through_the_daemon_on_the_tiny_model():
     assert daemon.start()
     try:
         source.push(1, size=32)  # the input only paces txt2img output
-        out = _wait(lambda: sink.by_seq(1), timeout=60.0, what="txt2img frame")
+        out = wait_until(lambda: sink.by_seq(1), timeout=60.0, what="txt2img frame")
         assert (out.width, out.height) == (64, 64)
         assert daemon.get_stats()["counters"].get("pipeline_errors", 0) == 0
     finally:
@@ -377,7 +348,7 @@ def test_failing_sink_is_reopened_and_reported_once_while_others_keep_receiving(
         versions = []
         for seq in range(1, 6):
             source.push(seq)
-            _wait(lambda: good.by_seq(seq), what=f"frame {seq} on the working sink")
+            wait_until(lambda: good.by_seq(seq), what=f"frame {seq} on the working sink")
             versions.append(daemon.get_state()["version"])
             time.sleep(0.3)  # let the broken sink's retry come round
         assert BrokenSink.attempts >= 2
@@ -393,17 +364,17 @@ def test_pipeline_error_then_a_fixing_change_recovers_without_waiting_out_the_ba
     daemon, source, sink = _manual_daemon(fallback_output="black")
     try:
         daemon.set({"mode": "txt2img"})  # this pipeline cannot do txt2img: it will raise
-        _wait(lambda: daemon.get_state()["pending_rebuild"] == [], what="txt2img rebuild")
+        wait_until(lambda: daemon.get_state()["pending_rebuild"] == [], what="txt2img rebuild")
         source.push(1)
-        failed = _wait(lambda: sink.by_seq(1), what="fallback frame for the failing call")
+        failed = wait_until(lambda: sink.by_seq(1), what="fallback frame for the failing call")
         assert _value(failed) == 0
         state = daemon.get_state()
         assert state["status"] in ("error", "rebuilding") and state["last_error"]["where"] == "pipeline"
         daemon.set({"mode": "img2img"})
-        _wait(lambda: daemon.get_state()["status"] == "running", timeout=5.0,
+        wait_until(lambda: daemon.get_state()["status"] == "running", timeout=5.0,
               what="recovery right after the fixing change")
         source.push(2)
-        assert _value(_wait(lambda: sink.by_seq(2), what="frame 2")) == round(1.2 / 20 * 255)
+        assert _value(wait_until(lambda: sink.by_seq(2), what="frame 2")) == round(1.2 / 20 * 255)
         assert daemon.get_stats()["counters"]["pipeline_errors"] >= 1
     finally:
         daemon.stop()
@@ -425,7 +396,7 @@ def test_load_preset_switches_source_and_sinks_without_restart(tmp_path):
     assert daemon.start()
     try:
         sources["first"].push(1)
-        _wait(lambda: made[0][2].by_seq(1), what="frame on the first sink")
+        wait_until(lambda: made[0][2].by_seq(1), what="frame on the first sink")
         switched = tmp_path / "switched.yaml"
         switched.write_text(yaml.safe_dump(dict(
             DEFAULT_PRESET, control={"enabled": False}, output_format="RGB", guidance_scale=2.0,
@@ -434,7 +405,7 @@ def test_load_preset_switches_source_and_sinks_without_restart(tmp_path):
         result = daemon.load_preset(str(switched))
         assert result["rebuild"] is False
         sources["second"].push(2)
-        frame = _wait(lambda: next((s.by_seq(2) for k, o, s in made if o.get("name") == "b"
+        frame = wait_until(lambda: next((s.by_seq(2) for k, o, s in made if o.get("name") == "b"
                                     and s.by_seq(2)), None), what="frame 2 on the new sink")
         assert _value(frame) == round(2.0 / 20 * 255)
         assert made[0][2].closed and made[0][2].by_seq(2) is None  # the old sink was closed

@@ -4,48 +4,18 @@ under a send that is still stuck."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from typing import Any, Callable
-
-import numpy as np
 import pytest
 
 from bridge.config import DEFAULT_PRESET, validate_preset
-from bridge.errors import FrameTimeout
-from bridge.frame import Frame, PixelFormat
-from bridge.io.base import FrameSink, FrameSource
+from bridge.frame import Frame
+from bridge.io.base import FrameSink
 from bridge.runtime.daemon import Daemon
 from bridge.runtime.pipelines import identity_factory
+from runtime_helpers import QueueSource, wait_until
 
 FRAMES = 30
-
-
-def _wait(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class PushSource(FrameSource):
-    kind = "push"
-
-    def __init__(self) -> None:
-        self.frames: queue.Queue[Frame] = queue.Queue()
-
-    def receive(self, timeout: float) -> Frame:
-        try:
-            return self.frames.get(timeout=timeout)
-        except queue.Empty:
-            raise FrameTimeout("no frame pushed", fix="push one") from None
-
-    def push(self, seq: int) -> None:
-        self.frames.put(Frame(np.full((64, 64, 3), seq % 256, np.uint8), PixelFormat.RGB, seq=seq))
 
 
 class CountingSink(FrameSink):
@@ -87,8 +57,8 @@ class SleepySink(CountingSink):
         super().send(frame)
 
 
-def _daemon(fast: CountingSink, slow: CountingSink, depth: int = 2) -> tuple[Daemon, PushSource]:
-    source = PushSource()
+def _daemon(fast: CountingSink, slow: CountingSink, depth: int = 2) -> tuple[Daemon, QueueSource]:
+    source = QueueSource()
     preset = validate_preset(dict(DEFAULT_PRESET, control={"enabled": False}, output_format="RGB",
                                   width=64, height=64, fallback_output="passthrough",
                                   sink=[{"kind": "null", "name": "fast"},
@@ -102,12 +72,12 @@ def _daemon(fast: CountingSink, slow: CountingSink, depth: int = 2) -> tuple[Dae
     return daemon, source
 
 
-def _feed(source: PushSource, fast: CountingSink) -> None:
+def _feed(source: QueueSource, fast: CountingSink) -> None:
     """One frame at a time, each waited for on the fast sink (the input slot keeps only the
     newest frame, so pushing faster would drop at the input, not at the sinks)."""
     for seq in range(1, FRAMES + 1):
-        source.push(seq)
-        _wait(lambda: seq in fast.seqs(), what=f"frame {seq} on the fast sink")
+        source.push(seq, value=seq % 256)
+        wait_until(lambda: seq in fast.seqs(), what=f"frame {seq} on the fast sink")
 
 
 def test_stalled_sink_drops_its_own_frames_while_the_other_gets_every_frame():
@@ -153,8 +123,8 @@ def test_stop_closes_every_other_sink_when_one_is_stuck_in_send():
     fast, slow = CountingSink(), StalledSink()
     daemon, source = _daemon(fast, slow)
     try:
-        source.push(1)
-        _wait(lambda: fast.seqs() == [1] and slow.entered.is_set(), what="frame 1 out")
+        source.push(1, value=1 % 256)
+        wait_until(lambda: fast.seqs() == [1] and slow.entered.is_set(), what="frame 1 out")
         daemon.stop(timeout=1.0)
         assert fast.closed  # e.g. shared memory unlinked even though the other sink hangs
         assert not slow.closed  # never closed under its own send (could crash the process)
@@ -173,7 +143,7 @@ def test_a_sink_that_cannot_open_fails_start_with_its_error():
     preset = validate_preset(dict(DEFAULT_PRESET, control={"enabled": False},
                                   sink=[{"kind": "null"}]))
     daemon = Daemon(preset, pipeline_factory=identity_factory,
-                    source_factory=lambda c: PushSource(), sink_factory=lambda c: Unopenable())
+                    source_factory=lambda c: QueueSource(), sink_factory=lambda c: Unopenable())
     try:
         with pytest.raises(TransportError, match="port 8080 is in use"):
             daemon.start()
@@ -196,8 +166,8 @@ def test_each_sink_sends_from_its_own_thread():
     fast, slow = ThreadRecording("fast"), ThreadRecording("slow")
     daemon, source = _daemon(fast, slow)
     try:
-        source.push(1)
-        _wait(lambda: fast.seqs() == [1] and slow.seqs() == [1], what="frame 1 on both sinks")
+        source.push(1, value=1 % 256)
+        wait_until(lambda: fast.seqs() == [1] and slow.seqs() == [1], what="frame 1 on both sinks")
     finally:
         daemon.stop()
     assert len(seen["fast"]) == len(seen["slow"]) == 1 and seen["fast"] != seen["slow"]
