@@ -10,7 +10,7 @@ import numpy as np
 
 from bridge.errors import FrameTimeout
 from bridge.frame import Frame, PixelFormat
-from bridge.io.base import FrameSource
+from bridge.io.base import FrameSink, FrameSource
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -41,3 +41,27 @@ class QueueSource(FrameSource):
     def push(self, seq: int, value: int = 100, size: int = 64) -> None:
         pixels = np.full((size, size, 3), value, np.uint8)
         self.frames.put(Frame(pixels, PixelFormat.RGB, seq=seq))
+
+
+class CaptureSink(FrameSink):
+    """Keeps every frame it is sent; records whether it was closed."""
+
+    kind = "capture"
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.closed = False
+
+    def send(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def seqs(self) -> list[int]:
+        """Sequence numbers of the real (non-fallback) frames received."""
+        return [f.seq for f in self.frames if f.source != "fallback"]
+
+    def by_seq(self, seq: int) -> Frame | None:
+        """The newest frame received with this sequence number."""
+        return next((f for f in reversed(self.frames) if f.seq == seq), None)

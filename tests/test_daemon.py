@@ -18,12 +18,11 @@ import yaml
 from bridge.config import DEFAULT_PRESET, validate_preset
 from bridge.errors import ConfigError, FrameTimeout
 from bridge.frame import Frame, PixelFormat
-from bridge.io.base import FrameSink
 from bridge.io.shared_memory import SharedMemorySink, SharedMemorySource
 from bridge.io.test_pattern import render_rgb, to_pixel_format
 from bridge.runtime.daemon import Daemon
 from bridge.runtime.pipelines import IdentityPipeline, identity_factory
-from runtime_helpers import QueueSource, wait_until
+from runtime_helpers import CaptureSink, QueueSource, wait_until
 
 
 def _name(tag: str) -> str:
@@ -33,23 +32,6 @@ def _name(tag: str) -> str:
 def _preset(**changes: Any):
     raw = dict(DEFAULT_PRESET, control={"enabled": False}, **changes)
     return validate_preset(raw)
-
-
-class CaptureSink(FrameSink):
-    kind = "capture"
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.closed = False
-
-    def send(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def by_seq(self, seq: int) -> Frame | None:
-        return next((f for f in reversed(self.frames) if f.seq == seq), None)
 
 
 class GuidancePipeline(IdentityPipeline):

@@ -10,32 +10,14 @@ import pytest
 
 from bridge.config import DEFAULT_PRESET, validate_preset
 from bridge.frame import Frame
-from bridge.io.base import FrameSink
 from bridge.runtime.daemon import Daemon
 from bridge.runtime.pipelines import identity_factory
-from runtime_helpers import QueueSource, wait_until
+from runtime_helpers import CaptureSink, QueueSource, wait_until
 
 FRAMES = 30
 
 
-class CountingSink(FrameSink):
-    kind = "counting"
-
-    def __init__(self) -> None:
-        self.frames: list[Frame] = []
-        self.closed = False
-
-    def send(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def seqs(self) -> list[int]:
-        return [f.seq for f in self.frames if f.source != "fallback"]
-
-
-class StalledSink(CountingSink):
+class StalledSink(CaptureSink):
     """Like a receiver that stopped reading: ``send`` blocks until the test releases it."""
 
     def __init__(self) -> None:
@@ -49,7 +31,7 @@ class StalledSink(CountingSink):
         super().send(frame)
 
 
-class SleepySink(CountingSink):
+class SleepySink(CaptureSink):
     """A slow encoder: every send takes 0.2 s."""
 
     def send(self, frame: Frame) -> None:
@@ -57,7 +39,7 @@ class SleepySink(CountingSink):
         super().send(frame)
 
 
-def _daemon(fast: CountingSink, slow: CountingSink, depth: int = 2) -> tuple[Daemon, QueueSource]:
+def _daemon(fast: CaptureSink, slow: CaptureSink, depth: int = 2) -> tuple[Daemon, QueueSource]:
     source = QueueSource()
     preset = validate_preset(dict(DEFAULT_PRESET, control={"enabled": False}, output_format="RGB",
                                   width=64, height=64, fallback_output="passthrough",
@@ -72,7 +54,7 @@ def _daemon(fast: CountingSink, slow: CountingSink, depth: int = 2) -> tuple[Dae
     return daemon, source
 
 
-def _feed(source: QueueSource, fast: CountingSink) -> None:
+def _feed(source: QueueSource, fast: CaptureSink) -> None:
     """One frame at a time, each waited for on the fast sink (the input slot keeps only the
     newest frame, so pushing faster would drop at the input, not at the sinks)."""
     for seq in range(1, FRAMES + 1):
@@ -81,7 +63,7 @@ def _feed(source: QueueSource, fast: CountingSink) -> None:
 
 
 def test_stalled_sink_drops_its_own_frames_while_the_other_gets_every_frame():
-    fast, slow = CountingSink(), StalledSink()
+    fast, slow = CaptureSink(), StalledSink()
     daemon, source = _daemon(fast, slow)
     try:
         _feed(source, fast)
@@ -103,7 +85,7 @@ def test_stalled_sink_drops_its_own_frames_while_the_other_gets_every_frame():
 
 
 def test_slow_sink_next_to_a_fast_one_with_depth_one():
-    fast, slow = CountingSink(), SleepySink()
+    fast, slow = CaptureSink(), SleepySink()
     daemon, source = _daemon(fast, slow, depth=1)
     try:
         _feed(source, fast)
@@ -120,7 +102,7 @@ def test_slow_sink_next_to_a_fast_one_with_depth_one():
 
 
 def test_stop_closes_every_other_sink_when_one_is_stuck_in_send():
-    fast, slow = CountingSink(), StalledSink()
+    fast, slow = CaptureSink(), StalledSink()
     daemon, source = _daemon(fast, slow)
     try:
         source.push(1, value=1 % 256)
@@ -136,7 +118,7 @@ def test_stop_closes_every_other_sink_when_one_is_stuck_in_send():
 def test_a_sink_that_cannot_open_fails_start_with_its_error():
     from bridge.errors import TransportError
 
-    class Unopenable(CountingSink):
+    class Unopenable(CaptureSink):
         def open(self) -> None:
             raise TransportError("port 8080 is in use", fix="pick another port")
 
@@ -154,7 +136,7 @@ def test_a_sink_that_cannot_open_fails_start_with_its_error():
 def test_each_sink_sends_from_its_own_thread():
     seen: dict[str, set[int]] = {"fast": set(), "slow": set()}
 
-    class ThreadRecording(CountingSink):
+    class ThreadRecording(CaptureSink):
         def __init__(self, name: str) -> None:
             super().__init__()
             self.name = name
