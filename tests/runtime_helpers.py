@@ -13,7 +13,7 @@ from bridge.frame import Frame, PixelFormat
 from bridge.io.base import FrameSink, FrameSource
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_until(predicate: Callable[[], Any], what: str = "condition", timeout: float = 20.0) -> Any:
     """Poll until ``predicate()`` is truthy and return it; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

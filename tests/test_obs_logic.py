@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -23,15 +23,7 @@ sys.path.insert(0, str(PLUGIN_DIR))
 import sdbridge_obs_logic as logic  # noqa: E402
 from sdbridge_obs_logic import DaemonLink, LinkStatus, PanelSettings, RetrySchedule  # noqa: E402
 
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+from runtime_helpers import wait_until  # noqa: E402
 
 
 # -- pure logic ----------------------------------------------------------------------------------
